@@ -1,0 +1,1 @@
+"""Act: the only layer that touches Docker, PostgreSQL and the file system."""

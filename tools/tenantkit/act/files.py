@@ -1,0 +1,71 @@
+"""Atomic file writes and the project lock."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import filelock
+
+from ..model import ConfigError, Project
+
+APP_UID = 10001  # the uid tenant containers run as (see the Dockerfile)
+LOCK_TIMEOUT = 600
+
+
+def atomic_write(path: Path, text: str, mode: int = 0o644) -> bool:
+    """Write `text` to `path` via a temp file and os.replace; False when already identical."""
+    try:
+        if path.read_text(encoding="utf-8") == text and (path.stat().st_mode & 0o777) == mode:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def give_to_app_user(path: Path) -> None:
+    """Let the container's uid write a media folder; fall back to world-writable when not root."""
+    try:
+        os.chown(path, APP_UID, APP_UID)
+        os.chmod(path, 0o750)
+    except PermissionError:
+        os.chmod(path, 0o777)
+
+
+def project_lock(project: Project) -> filelock.FileLock:
+    """The lock every state-changing command holds, so concurrent runs cannot interleave."""
+    project.state_dir.mkdir(parents=True, exist_ok=True)
+    return filelock.FileLock(str(project.state_dir / "lock"), timeout=LOCK_TIMEOUT)
+
+
+def locked(project: Project):
+    """Context manager holding the project lock, with a clear error when it cannot be had."""
+    lock = project_lock(project)
+
+    class _Held:
+        def __enter__(self):
+            try:
+                lock.acquire()
+            except filelock.Timeout:
+                raise ConfigError(
+                    f"another tenant command has held {lock.lock_file} for {LOCK_TIMEOUT}s; "
+                    "wait for it to finish and retry") from None
+            return lock
+
+        def __exit__(self, *exc):
+            lock.release()
+            return False
+
+    return _Held()

@@ -1,0 +1,163 @@
+"""The `tenant` command: parse, call one lifecycle function, print.
+
+Exit codes: 0 success; 1 an operation failed (a migration, a container); 2 bad input
+(one line on stderr naming the problem and the fix; nothing was changed).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import lifecycle
+from .act.engine import OperationFailed
+from .model import ConfigError, Project, find_root, load_project
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+def report(message: str) -> None:
+    """Progress goes to stderr, so stdout stays clean for data (--json)."""
+    click.echo(f"· {message}", err=True)
+
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
+              envvar="TENANTKIT_PROJECT", help="Project folder holding tenantkit.yaml (default: "
+              "the nearest one at or above the working directory).")
+@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+@click.pass_context
+def cli(ctx: click.Context, project_dir: Path | None, debug: bool) -> None:
+    """Run one Django codebase for many tenants: one container, database and settings each."""
+    # Loaded lazily: `tenant --help` must work anywhere.
+    ctx.obj = {"load": lambda: load_project(project_dir or find_root())}
+
+
+def _project(ctx: click.Context) -> Project:
+    obj = ctx.find_root().obj
+    if "project" not in obj:
+        obj["project"] = obj["load"]()
+    return obj["project"]
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--host", "hosts", multiple=True, metavar="HOST",
+              help="Host name the tenant answers on (repeatable; default NAME.<domain>).")
+@click.option("--title", help="Site title (default: the name, capitalised).")
+@click.option("--memory", help="Container memory limit, such as 256m (default from tenantkit.yaml).")
+@click.option("--workers", type=click.IntRange(1, 64), help="gunicorn worker processes.")
+@click.pass_context
+def new(ctx, name, hosts, title, memory, workers):
+    """Create tenant NAME: tenant.yaml, settings.py, secrets and media folder."""
+    tenant = lifecycle.new(_project(ctx), name, hosts, title, memory, workers)
+    click.echo(f"created tenant {tenant.name} in tenants/{tenant.name}/ "
+               f"(hosts: {', '.join(tenant.hosts)}; port {tenant.port})")
+    click.echo(f"start it with: tenant up {tenant.name}")
+
+
+@cli.command()
+@click.pass_context
+def render(ctx):
+    """Write compose/compose.yaml and every tenant's settings.py; start nothing."""
+    rendered = lifecycle.render(_project(ctx))
+    click.echo(f"rendered {len(rendered.tenants)} tenant(s) into compose/compose.yaml "
+               f"(image {rendered.image})")
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Rebuild even when the image is up to date.")
+@click.pass_context
+def build(ctx, force):
+    """Build the shared Django image from the project's code."""
+    click.echo(lifecycle.build(_project(ctx), report, force))
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every tenant.")
+@click.pass_context
+def up(ctx, names, all_):
+    """Start tenants: build, create databases, migrate, run, wait until healthy."""
+    for tenant in lifecycle.up(_project(ctx), names, all_, report):
+        click.echo(f"{tenant.name}\t{tenant.url()}")
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every tenant and the database.")
+@click.pass_context
+def down(ctx, names, all_):
+    """Stop tenants' containers; their data, media and settings are kept."""
+    for tenant in lifecycle.down(_project(ctx), names, all_, report):
+        click.echo(f"{tenant.name}\tstopped")
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def list_(ctx, as_json):
+    """List tenants with their state, URL and database."""
+    rows = lifecycle.status(_project(ctx))
+    if as_json:
+        click.echo(json.dumps([row.to_dict() for row in rows], indent=2))
+        return
+    table = [("NAME", "STATE", "HEALTH", "URL", "DATABASE", "HOSTS")]
+    table += [(r.name, r.state, r.health or "-", r.url, r.database, ",".join(r.hosts)) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("name")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def manage(ctx, name, args):
+    """Run a manage.py command for tenant NAME: tenant manage acme -- migrate --plan"""
+    if args[:1] == ("--",):
+        args = args[1:]
+    if not args:
+        raise click.UsageError("give the manage.py command after --, such as: tenant manage acme -- check")
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    ctx.exit(lifecycle.manage(_project(ctx), name, list(args), interactive))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI and turn errors into one line and an exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv or os.environ.get("TENANTKIT_DEBUG") == "1"
+    try:
+        code = cli.main(args=argv, prog_name="tenant", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.Abort:
+        click.echo("tenant: aborted", err=True)
+        code = EXIT_FAILED
+    except click.ClickException as exc:
+        if debug:
+            raise
+        click.echo(f"tenant: {exc.format_message()} (see `tenant --help`)", err=True)
+        code = EXIT_USAGE
+    except ConfigError as exc:
+        if debug:
+            raise
+        click.echo("tenant: " + " ".join(str(exc).split("\n")), err=True)
+        code = EXIT_USAGE
+    except OperationFailed as exc:
+        if debug:
+            raise
+        click.echo(f"tenant: {exc}", err=True)
+        code = EXIT_FAILED
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as exc:  # the last resort: never a bare traceback without --debug
+        if debug:
+            raise
+        click.echo(f"tenant: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", err=True)
+        code = EXIT_FAILED
+    sys.exit(code if isinstance(code, int) else 0)

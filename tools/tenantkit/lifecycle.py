@@ -1,0 +1,353 @@
+"""A tenant's life: new, render, build, up, down, status, manage.
+
+Each public function is one CLI verb. They load the model, call render, and act
+through tenantkit.act; the CLI only parses arguments and prints what they return.
+"""
+from __future__ import annotations
+
+import http.client
+import os
+import secrets as _secrets
+import shutil
+import socket
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
+
+import yaml
+
+
+from .act import build as builder
+from .act import database, engine
+from .act.engine import OperationFailed, tail
+from .act.files import atomic_write, give_to_app_user, locked
+from .act.secrets import ensure_db_admin_secret, new_tenant_secrets, read_env_file, write_env_file
+from .model import (TENANT_FILE, ConfigError, Project, Tenant, check_host, check_memory,
+                    check_name, check_title, display_path, load_tenants)
+from .render.compose import dump_compose, render_compose
+from .render.settings import render_settings
+
+Report = Callable[[str], None]
+HEALTH_TIMEOUT = 90.0
+
+__all__ = ["new", "render", "build", "up", "down", "status", "manage"]
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+# ---------------------------------------------------------------------------
+# new
+
+def _checked(check, value):
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def next_port(project: Project, tenants: Iterable[Tenant]) -> int:
+    """The lowest port from ports.first that no tenant claims and nothing listens on."""
+    taken = {t.port for t in tenants}
+    port = project.first_port
+    while port in taken or port == project.database.publish_port or not _port_is_free(port):
+        port += 1
+        if port > 65535:
+            raise ConfigError("no free port left for a new tenant; lower ports.first in tenantkit.yaml")
+    return port
+
+
+def new(project: Project, name: str, hosts: Iterable[str] = (), title: str | None = None,
+        memory: str | None = None, workers: int | None = None) -> Tenant:
+    """Create tenants/NAME/ with tenant.yaml, settings.py, www/content/ and secrets.env."""
+    _checked(check_name, name)
+    hosts = tuple(dict.fromkeys(_checked(check_host, h) for h in hosts)) or (f"{name}.{project.domain}",)
+    title = _checked(check_title, title) if title is not None else name.replace("_", " ").title()
+    memory = _checked(check_memory, memory) if memory is not None else project.defaults.memory
+    with locked(project):
+        folder = project.tenant_dir(name)
+        if folder.exists():
+            raise ConfigError(f"tenant {name!r} already exists ({display_path(folder)}); "
+                              f"choose another name, or change it with `tenant up {name}`")
+        others = load_tenants(project)
+        for other in others:
+            for host in hosts:
+                if host in other.hosts:
+                    raise ConfigError(f"host {host!r} is already used by tenant {other.name!r}; "
+                                      "choose another --host")
+        tenant = Tenant(
+            name=name, hosts=hosts, title=title, port=next_port(project, others), memory=memory,
+            workers=workers or project.defaults.workers, threads=project.defaults.threads,
+            path=folder,
+        )
+        # Build the folder under a temporary name and rename it into place, so a
+        # failure never leaves a half-made tenant behind.
+        project.tenants_dir.mkdir(parents=True, exist_ok=True)
+        staging = project.tenants_dir / f".{name}.new-{_secrets.token_hex(4)}"
+        try:
+            staged = Tenant(**{**tenant.__dict__, "path": staging})
+            _write_tenant_files(project, staged, fresh=True)
+            os.rename(staging, folder)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+        _render_locked(project)
+        return tenant
+
+
+def _write_tenant_files(project: Project, tenant: Tenant, fresh: bool = False) -> None:
+    """tenant.yaml (when fresh), secrets.env and media folder when missing, and settings.py."""
+    tenant.media_dir.mkdir(parents=True, exist_ok=True)
+    give_to_app_user(tenant.media_dir)
+    if fresh:
+        text = yaml.safe_dump(tenant.to_yaml_dict(), sort_keys=False, allow_unicode=True)
+        atomic_write(tenant.path / TENANT_FILE, f"# Tenant {tenant.name}: see docs/reference.md\n{text}")
+    if not tenant.secrets_file.exists():
+        write_env_file(tenant.secrets_file, new_tenant_secrets(),
+                       f"Secrets of tenant {tenant.name}. Generated by tenantkit; keep private.")
+    atomic_write(tenant.path / "settings.py", render_settings(project, tenant, tenant.url()))
+
+
+# ---------------------------------------------------------------------------
+# render
+
+@dataclass(frozen=True)
+class Rendered:
+    tenants: list[Tenant]
+    context: builder.BuildContext
+    image: str
+
+
+def render(project: Project) -> Rendered:
+    """Write every tenant's settings.py and compose/compose.yaml; start nothing."""
+    with locked(project):
+        return _render_locked(project)
+
+
+def _render_locked(project: Project) -> Rendered:
+    tenants = load_tenants(project)
+    context = builder.build_context(project, project.images.base)
+    image = builder.image_tag(project, context)
+    for tenant in tenants:
+        _write_tenant_files(project, tenant)
+    if project.database.service:
+        ensure_db_admin_secret(project.db_env_file)
+    atomic_write(project.compose_file, dump_compose(render_compose(project, tenants, image)))
+    return Rendered(tenants, context, image)
+
+
+# ---------------------------------------------------------------------------
+# build
+
+def build(project: Project, report: Report = _quiet, force: bool = False) -> str:
+    """Build the shared image for the current code when missing or out of date; return its tag."""
+    client = engine.connect()
+    context = builder.build_context(project, project.images.base)
+    return _ensure_image(client, project, context, report, force)
+
+
+def _ensure_image(client, project: Project, context: builder.BuildContext, report: Report,
+                  force: bool = False) -> str:
+    tag = builder.image_tag(project, context)
+    if force or not builder.image_is_current(client, tag, context):
+        report(f"building image {tag}")
+        started = time.monotonic()
+        builder.build_image(client, project, context, tag, on_step=lambda step: report(f"  {step}"))
+        report(f"built {tag} in {time.monotonic() - started:.1f}s")
+    return tag
+
+
+# ---------------------------------------------------------------------------
+# up / down
+
+def select(tenants: list[Tenant], names: Iterable[str], all_: bool) -> list[Tenant]:
+    """The tenants named (or all of them), refusing unknown names."""
+    names = list(names)
+    if all_ and names:
+        raise ConfigError("give tenant names or --all, not both")
+    if not all_ and not names:
+        raise ConfigError("name a tenant, or pass --all")
+    if all_:
+        return tenants
+    by_name = {t.name: t for t in tenants}
+    chosen = []
+    for name in dict.fromkeys(names):
+        _checked(check_name, name)
+        if name not in by_name:
+            raise ConfigError(f"unknown tenant {name!r}; see `tenant list`, or create it with `tenant new {name}`")
+        chosen.append(by_name[name])
+    return chosen
+
+
+def up(project: Project, names: Iterable[str] = (), all_: bool = False,
+       report: Report = _quiet) -> list[Tenant]:
+    """Build if needed, provision databases, migrate, start and wait until healthy."""
+    client = engine.connect()
+    with locked(project):
+        rendered = _render_locked(project)
+        chosen = select(rendered.tenants, names, all_)
+        _ensure_image(client, project, rendered.context, report)
+        _start_database(project, report)
+        _provision(project, chosen, report)
+        for tenant in chosen:
+            report(f"migrating {tenant.name}")
+            _migrate(project, tenant)
+        if chosen:
+            report(f"starting {', '.join(t.name for t in chosen)}")
+            engine.compose(project, "up", "-d", "--no-deps", "--remove-orphans",
+                           *(t.names.service for t in chosen))
+        wait_healthy(client, project, chosen, report)
+    return chosen
+
+
+def _start_database(project: Project, report: Report) -> None:
+    if project.database.service:
+        report("starting database")
+        engine.compose(project, "up", "-d", "--wait", "db")
+
+
+def _provision(project: Project, tenants: list[Tenant], report: Report) -> None:
+    if not tenants:
+        return
+    conn = database.admin_connect(project)
+    try:
+        database.harden_server(conn)
+        for tenant in tenants:
+            password = read_env_file(tenant.secrets_file)["TENANT_DB_PASSWORD"]
+            if database.provision_database(conn, tenant.names, password):
+                report(f"created database and role {tenant.names.database}")
+    finally:
+        conn.close()
+
+
+def _migrate(project: Project, tenant: Tenant) -> None:
+    """Apply migrations in a one-off container; a settings error fails here, loudly."""
+    result = engine.compose(project, "run", "--rm", "--no-deps", "-T", tenant.names.service,
+                            "python", "manage.py", "migrate", "--noinput", check=False)
+    if result.returncode != 0:
+        raise OperationFailed(
+            f"tenant {tenant.name}: migrate failed (exit {result.returncode}), "
+            f"so it was not started. Last lines:\n{tail(result.stdout or '')}")
+
+
+def _answers(tenant: Tenant, path: str) -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", tenant.port, timeout=2)
+        conn.request("GET", path, headers={"Host": tenant.primary_host})
+        ok = conn.getresponse().status == 200
+        conn.close()
+        return ok
+    except OSError:
+        return False
+
+
+def wait_healthy(client, project: Project, tenants: list[Tenant], report: Report = _quiet,
+                 timeout: float = HEALTH_TIMEOUT) -> None:
+    """Poll each tenant's health path until 200; fail fast when its container stops."""
+    pending = {t.name: t for t in tenants}
+    deadline = time.monotonic() + timeout
+    next_inspect = 0.0
+    while pending:
+        for name, tenant in list(pending.items()):
+            if _answers(tenant, project.health_path):
+                report(f"{name} is healthy: {tenant.url()}")
+                del pending[name]
+        if not pending:
+            return
+        now = time.monotonic()
+        if now >= next_inspect:
+            next_inspect = now + 1.0
+            states = engine.service_states(client, project)
+            for name, tenant in pending.items():
+                state = states.get(tenant.names.service, engine.ABSENT)
+                restarting = state.container is not None and state.container.attrs["State"].get("Restarting")
+                if state.state != "running" or restarting:
+                    logs = state.container.logs(tail=20).decode(errors="replace") if state.container else ""
+                    raise OperationFailed(f"tenant {name}: its container stopped while starting. "
+                                          f"Last lines:\n{tail(logs)}")
+        if now > deadline:
+            raise OperationFailed(f"tenants {', '.join(pending)} did not answer {project.health_path} "
+                                  f"within {timeout:.0f}s; see `tenant logs NAME`")
+        time.sleep(0.1)
+
+
+def down(project: Project, names: Iterable[str] = (), all_: bool = False,
+         report: Report = _quiet) -> list[Tenant]:
+    """Stop the named tenants' containers (with --all: the whole stack); data is kept."""
+    engine.connect()
+    with locked(project):
+        rendered = _render_locked(project)
+        chosen = select(rendered.tenants, names, all_)
+        if all_:
+            report("stopping the whole stack")
+            engine.compose(project, "down", "--remove-orphans")
+        else:
+            report(f"stopping {', '.join(t.name for t in chosen)}")
+            engine.compose(project, "stop", *(t.names.service for t in chosen))
+    return chosen
+
+
+# ---------------------------------------------------------------------------
+# status / list
+
+@dataclass(frozen=True)
+class TenantStatus:
+    name: str
+    title: str
+    hosts: list[str]
+    state: str
+    health: str
+    url: str
+    port: int
+    database: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def status(project: Project) -> list[TenantStatus]:
+    """Every tenant with its container's state (running, stopped, absent) and health."""
+    tenants = load_tenants(project)
+    states = engine.service_states(engine.connect(), project)
+    result = []
+    for tenant in tenants:
+        state = states.get(tenant.names.service, engine.ABSENT)
+        result.append(TenantStatus(
+            name=tenant.name, title=tenant.title, hosts=list(tenant.hosts), state=state.state,
+            health=state.health, url=tenant.url(), port=tenant.port, database=tenant.names.database,
+        ))
+    return result
+
+
+# ---------------------------------------------------------------------------
+# manage
+
+def manage(project: Project, name: str, args: list[str], interactive: bool = False) -> int:
+    """Run `manage.py ARGS` in the tenant's context; return its exit code."""
+    client = engine.connect()
+    with locked(project):
+        rendered = _render_locked(project)
+        tenant = select(rendered.tenants, [name], False)[0]
+        state = engine.service_states(client, project).get(tenant.names.service, engine.ABSENT)
+        if state.state != "running":
+            _ensure_image(client, project, rendered.context, _quiet)
+            _start_database(project, _quiet)
+            _provision(project, [tenant], _quiet)
+    tty = [] if interactive else ["-T"]
+    command = ["python", "manage.py", *args]
+    if state.state == "running":
+        argv = ["exec", *tty, tenant.names.service, *command]
+    else:
+        argv = ["run", "--rm", "--no-deps", *tty, tenant.names.service, *command]
+    return engine.compose(project, *argv, capture=False, check=False, interactive=interactive).returncode

@@ -1,0 +1,551 @@
+"""The model: the project config and its tenants as plain dataclasses.
+
+One loader builds them and validates everything; nothing else in tenantkit parses YAML.
+Every problem a user can fix is raised as ConfigError with a message naming the file,
+the line and the fix.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_FILE = "tenantkit.yaml"
+LOCAL_CONFIG_FILE = "tenantkit.local.yaml"  # machine-specific overrides, not committed
+TENANT_FILE = "tenant.yaml"
+SECRETS_FILE = "secrets.env"
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+NAME_MAX = 40
+# Names that would collide with PostgreSQL's own databases and roles, with compose
+# services tenantkit owns, or with CLI words.
+RESERVED_NAMES = frozenset({
+    "all", "db", "proxy", "postgres", "template0", "template1", "public", "default",
+    "none", "root", "admin", "tenant", "tenants", "compose", "current", "releases",
+    "shared", "main", "information_schema",
+})
+HOST_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+MEMORY_RE = re.compile(r"^([1-9][0-9]*)([kmg])$")
+MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
+
+
+class ConfigError(Exception):
+    """Bad input that the user can fix; the CLI prints it on one line and exits 2."""
+
+
+@dataclass(frozen=True)
+class TenantNames:
+    """Every name derived from a tenant's name, in one place so they never drift apart."""
+
+    tenant: str
+    service: str
+    network: str
+    database: str
+    role: str
+    vhost: str
+    settings_module: str
+
+
+def tenant_names(name: str) -> TenantNames:
+    """Derive the compose service, network, database, role and file names of a tenant."""
+    return TenantNames(
+        tenant=name,
+        service=f"tenant-{name}",
+        network=f"tenant-{name}",
+        database=name,
+        role=name,
+        vhost=f"{name}.conf",
+        settings_module=f"tenants.{name}.settings",
+    )
+
+
+@dataclass(frozen=True)
+class Images:
+    base: str
+    app: str
+    db: str
+
+
+@dataclass(frozen=True)
+class DatabaseServer:
+    """The PostgreSQL server tenants live on: the compose `db` service or an external one."""
+
+    service: bool
+    host: str
+    port: int
+    admin_user: str
+    publish_port: int  # where the compose service answers on 127.0.0.1
+    admin_password_file: Path | None = None  # external servers only
+
+    @property
+    def admin_host(self) -> str:
+        """Host the tenantkit CLI itself connects to."""
+        return "127.0.0.1" if self.service else self.host
+
+    @property
+    def admin_port(self) -> int:
+        return self.publish_port if self.service else self.port
+
+
+@dataclass(frozen=True)
+class TenantDefaults:
+    memory: str = "256m"
+    workers: int = 1
+    threads: int = 4
+
+
+@dataclass(frozen=True)
+class Project:
+    root: Path
+    name: str
+    source: Path
+    settings: str
+    requirements: Path
+    health_path: str
+    domain: str
+    images: Images
+    database: DatabaseServer
+    wheelhouse: Path | None
+    first_port: int
+    defaults: TenantDefaults
+
+    @property
+    def tenants_dir(self) -> Path:
+        return self.root / "tenants"
+
+    @property
+    def compose_file(self) -> Path:
+        return self.root / "compose" / "compose.yaml"
+
+    @property
+    def state_dir(self) -> Path:
+        """Machine-local state: lock, database admin secret. Never committed."""
+        return self.root / ".tenantkit"
+
+    @property
+    def db_env_file(self) -> Path:
+        return self.state_dir / "db.env"
+
+    def tenant_dir(self, name: str) -> Path:
+        return self.tenants_dir / name
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    hosts: tuple[str, ...]
+    title: str
+    port: int
+    memory: str
+    workers: int
+    threads: int
+    apps: tuple[str, ...] = ()
+    path: Path = field(default=Path("."), compare=False)
+
+    @property
+    def names(self) -> TenantNames:
+        return tenant_names(self.name)
+
+    @property
+    def primary_host(self) -> str:
+        return self.hosts[0]
+
+    @property
+    def media_dir(self) -> Path:
+        return self.path / "www" / "content"
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.path / SECRETS_FILE
+
+    def url(self) -> str:
+        return f"http://{self.primary_host}:{self.port}/"
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        """The tenant.yaml document for this tenant."""
+        return {
+            "name": self.name,
+            "title": self.title,
+            "hosts": list(self.hosts),
+            "port": self.port,
+            "memory": self.memory,
+            "workers": self.workers,
+            "threads": self.threads,
+            "apps": list(self.apps),
+        }
+
+
+# ---------------------------------------------------------------------------
+# Validation of single values. Each returns the normalised value or raises ValueError
+# with the part of the message after "<file>:<line>: <key>: ".
+
+def check_name(value: Any) -> str:
+    """A tenant name: a lowercase identifier usable as a database, role and DNS label."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("a tenant name is required")
+    if "/" in value or "\\" in value or value.startswith("."):
+        raise ValueError(f"{value!r} is a path, not a tenant name; use a lowercase identifier such as acme")
+    if len(value) > NAME_MAX:
+        raise ValueError(f"{value!r} is longer than {NAME_MAX} characters")
+    if not NAME_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a lowercase identifier: use a-z, 0-9 and _, starting with a letter")
+    if value in RESERVED_NAMES or value.startswith("pg_"):
+        raise ValueError(f"{value!r} is reserved; choose another tenant name")
+    return value
+
+
+def check_host(value: Any) -> str:
+    """A DNS host name, lowercased; anything that could inject config text is refused."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("a host name is required")
+    host = value.strip().lower().rstrip(".")
+    if host != value.lower().rstrip(".") or len(host) > 253 or "." not in host and host != "localhost":
+        raise ValueError(f"{value!r} is not a valid host name; use a name such as acme.example.com")
+    if not all(HOST_LABEL_RE.match(label) for label in host.split(".")):
+        raise ValueError(
+            f"{value!r} is not a valid host name: use letters, digits, '-' and '.', such as acme.example.com")
+    return host
+
+
+def check_memory(value: Any) -> str:
+    """A container memory limit such as 256m or 1g, at least 64m."""
+    text = str(value).strip().lower()
+    match = MEMORY_RE.match(text)
+    if not match:
+        raise ValueError(f"{value!r} is not a size such as 256m or 1g")
+    number, unit = int(match.group(1)), match.group(2)
+    mib = {"k": number / 1024, "m": number, "g": number * 1024}[unit]
+    if mib < 64:
+        raise ValueError(f"{value!r} is below the 64m a Django container needs")
+    return text
+
+
+def check_port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1024 <= value <= 65535:
+        raise ValueError(f"{value!r} is not a port number from 1024 to 65535")
+    return value
+
+
+def check_count(value: Any, low: int = 1, high: int = 64) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{value!r} is not a whole number from {low} to {high}")
+    return value
+
+
+def check_title(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("a title is required")
+    if len(value) > 200 or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{value!r} must be one line of at most 200 characters")
+    return value
+
+
+def check_module(value: Any) -> str:
+    if not isinstance(value, str) or not MODULE_RE.match(value):
+        raise ValueError(f"{value!r} is not a dotted Python module name such as main.settings")
+    return value
+
+
+def check_image(value: Any) -> str:
+    if not isinstance(value, str) or not IMAGE_RE.match(value):
+        raise ValueError(f"{value!r} is not an image reference such as postgres:15")
+    return value
+
+
+def check_text(value: Any) -> str:
+    if not isinstance(value, str) or not value or any(ord(c) < 32 for c in value):
+        raise ValueError(f"{value!r} must be non-empty text on one line")
+    return value
+
+
+# ---------------------------------------------------------------------------
+# Reading YAML with line numbers, so errors can point at the line to fix.
+
+def display_path(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """Parse a YAML mapping; return it and the line of every key (dotted for nested keys)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{display_path(path)} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{display_path(path)} cannot be read: {exc}") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        problem = (exc.problem or exc.context or "malformed YAML").strip()
+        raise ConfigError(f"{display_path(path)}:{line}: malformed YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{display_path(path)}: malformed YAML: {exc}") from None
+    finally:
+        loader.dispose()
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{display_path(path)}:1: expected a mapping of keys to values")
+    lines: dict[str, int] = {}
+
+    def walk(mapping: yaml.Node, prefix: str) -> None:
+        for key_node, value_node in mapping.value:
+            key = f"{prefix}{key_node.value}"
+            lines[key] = key_node.start_mark.line + 1
+            if isinstance(value_node, yaml.MappingNode):
+                walk(value_node, key + ".")
+
+    if isinstance(node, yaml.MappingNode):
+        walk(node, "")
+    return data, lines
+
+
+class Fields:
+    """Takes validated values out of a parsed mapping, reporting errors with file and line."""
+
+    def __init__(self, path: Path, data: dict[str, Any], lines: dict[str, int], prefix: str = ""):
+        self.path, self.data, self.lines, self.prefix = path, data, lines, prefix
+        self.seen: set[str] = set()
+
+    def error(self, key: str, message: str) -> ConfigError:
+        full = self.prefix + key
+        line = self.lines.get(full)
+        where = f"{display_path(self.path)}:{line}" if line else display_path(self.path)
+        return ConfigError(f"{where}: {full}: {message}")
+
+    def get(self, key: str, check, default: Any = ..., required: bool = False) -> Any:
+        """The checked value of `key`; `default` when absent (no default: required)."""
+        self.seen.add(key)
+        if key not in self.data or self.data[key] is None:
+            if required or default is ...:
+                if key in self.data:
+                    raise self.error(key, "needs a value")
+                raise ConfigError(f"{display_path(self.path)}: {self.prefix}{key} is required")
+            return default
+        try:
+            return check(self.data[key])
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
+
+    def section(self, key: str) -> "Fields":
+        self.seen.add(key)
+        value = self.data.get(key) or {}
+        if not isinstance(value, dict):
+            raise self.error(key, "expected a mapping of keys to values")
+        return Fields(self.path, value, self.lines, f"{self.prefix}{key}.")
+
+    def done(self) -> None:
+        """Refuse unknown keys: a typo must not be silently ignored."""
+        for key in self.data:
+            if key not in self.seen:
+                raise self.error(str(key), "unknown key; check the spelling against docs/reference.md")
+
+
+def _list_of(check):
+    def checked(value: Any) -> tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ValueError("expected a list")
+        return tuple(check(item) for item in value)
+    return checked
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{value!r} is not true or false")
+    return value
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# ---------------------------------------------------------------------------
+# Loaders
+
+def find_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above `start` holding tenantkit.yaml."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / CONFIG_FILE).is_file():
+            return folder
+    raise ConfigError(
+        f"no {CONFIG_FILE} in {here} or above; run tenant from a tenantkit project or pass --project DIR")
+
+
+def load_project(root: Path) -> Project:
+    """Load and validate tenantkit.yaml (plus tenantkit.local.yaml when present)."""
+    root = root.resolve()
+    path = root / CONFIG_FILE
+    data, lines = read_yaml(path)
+    local = root / LOCAL_CONFIG_FILE
+    if local.is_file():
+        override, _ = read_yaml(local)
+        data = _merge(data, override)
+    top = Fields(path, data, lines)
+    name = top.get("name", check_name_like, "tenantkit")
+
+    proj = top.section("project")
+    source = root / proj.get("source", check_text, required=True)
+    settings = proj.get("settings", check_module, required=True)
+    requirements = root / proj.get("requirements", check_text, required=True)
+    health_path = proj.get("health_path", check_text, "/healthz/")
+    proj.done()
+    if not (source / "manage.py").is_file():
+        raise proj.error("source", f"{display_path(source)} holds no manage.py; name the Django project folder")
+    if not requirements.is_file():
+        raise proj.error("requirements", f"{display_path(requirements)} does not exist")
+    if not health_path.startswith("/"):
+        raise proj.error("health_path", f"{health_path!r} must start with /")
+
+    domain = top.get("domain", check_host, "localhost")
+
+    img = top.section("images")
+    images = Images(
+        base=img.get("base", check_image, "python:3.11-slim"),
+        app=img.get("app", check_image, f"{name}/app"),
+        db=img.get("db", check_image, "postgres:15"),
+    )
+    img.done()
+
+    db = top.section("database")
+    service = db.get("service", _bool, True)
+    password_file = db.get("admin_password_file", check_text, None)
+    database = DatabaseServer(
+        service=service,
+        host=db.get("host", check_host_or_service, "db" if service else ...),
+        port=db.get("port", check_port_any, 5432),
+        admin_user=db.get("admin_user", check_text, "postgres"),
+        publish_port=db.get("publish_port", check_port, 54329),
+        admin_password_file=(root / password_file) if password_file else None,
+    )
+    db.done()
+    if not service and database.admin_password_file is None:
+        raise db.error("admin_password_file", "an external database server needs an admin_password_file")
+
+    wheelhouse = top.get("wheelhouse", check_text, None)
+    ports = top.section("ports")
+    first_port = ports.get("first", check_port, 8101)
+    ports.done()
+
+    dflt = top.section("tenant_defaults")
+    defaults = TenantDefaults(
+        memory=dflt.get("memory", check_memory, TenantDefaults.memory),
+        workers=dflt.get("workers", check_count, TenantDefaults.workers),
+        threads=dflt.get("threads", check_count, TenantDefaults.threads),
+    )
+    dflt.done()
+    top.done()
+    return Project(
+        root=root, name=name, source=source, settings=settings, requirements=requirements,
+        health_path=health_path, domain=domain, images=images, database=database,
+        wheelhouse=(root / wheelhouse) if wheelhouse else None, first_port=first_port,
+        defaults=defaults,
+    )
+
+
+def check_name_like(value: Any) -> str:
+    """A compose project name: lowercase letters, digits, '-' and '_'."""
+    if not isinstance(value, str) or not re.match(r"^[a-z][a-z0-9_-]{0,39}$", value):
+        raise ValueError(f"{value!r} is not a lowercase name such as tenantkit")
+    return value
+
+
+def check_host_or_service(value: Any) -> str:
+    if isinstance(value, str) and re.match(r"^[a-z0-9][a-z0-9.-]*$", value):
+        return value
+    raise ValueError(f"{value!r} is not a host name")
+
+
+def check_port_any(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"{value!r} is not a port number")
+    return value
+
+
+def load_tenant(project: Project, name: str) -> Tenant:
+    """Load and validate tenants/NAME/tenant.yaml."""
+    try:
+        check_name(name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    folder = project.tenant_dir(name)
+    path = folder / TENANT_FILE
+    if not path.is_file():
+        raise ConfigError(f"unknown tenant {name!r}: {display_path(path)} does not exist; see `tenant list`")
+    data, lines = read_yaml(path)
+    f = Fields(path, data, lines)
+    declared = f.get("name", check_name, name)
+    if declared != name:
+        raise f.error("name", f"{declared!r} does not match its folder {name!r}")
+    hosts = f.get("hosts", _list_of(check_host), required=True)
+    if not hosts:
+        raise f.error("hosts", "needs at least one host name")
+    tenant = Tenant(
+        name=name,
+        hosts=hosts,
+        title=f.get("title", check_title, name.title()),
+        port=f.get("port", check_port, required=True),
+        memory=f.get("memory", check_memory, project.defaults.memory),
+        workers=f.get("workers", check_count, project.defaults.workers),
+        threads=f.get("threads", check_count, project.defaults.threads),
+        apps=f.get("apps", _list_of(check_module), ()),
+        path=folder,
+    )
+    f.done()
+    return tenant
+
+
+def tenant_folder_names(project: Project) -> list[str]:
+    """Names of the folders under tenants/ that hold a tenant.yaml, sorted."""
+    if not project.tenants_dir.is_dir():
+        return []
+    return sorted(
+        entry.name for entry in project.tenants_dir.iterdir()
+        if not entry.name.startswith(".") and (entry / TENANT_FILE).is_file()
+    )
+
+
+def load_tenants(project: Project) -> list[Tenant]:
+    """Load every tenant and check that no two claim the same host or port."""
+    tenants = [load_tenant(project, name) for name in tenant_folder_names(project)]
+    check_unique(tenants)
+    return tenants
+
+
+def check_unique(tenants: list[Tenant]) -> None:
+    """Refuse two tenants that share a host or a published port."""
+    hosts: dict[str, str] = {}
+    ports: dict[int, str] = {}
+    for tenant in tenants:
+        for host in tenant.hosts:
+            if host in hosts and hosts[host] != tenant.name:
+                raise ConfigError(
+                    f"host {host!r} is claimed by both {hosts[host]!r} and {tenant.name!r}; "
+                    f"remove it from one tenant.yaml")
+            hosts[host] = tenant.name
+        if tenant.port in ports:
+            raise ConfigError(
+                f"port {tenant.port} is claimed by both {ports[tenant.port]!r} and {tenant.name!r}; "
+                f"change it in one tenant.yaml")
+        ports[tenant.port] = tenant.name

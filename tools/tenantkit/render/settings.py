@@ -1,0 +1,15 @@
+"""Render a tenant's settings.py in the seed's style."""
+from ..model import Project, Tenant
+from . import environment
+
+
+def render_settings(project: Project, tenant: Tenant, site_url: str) -> str:
+    """The tenant's settings module: base settings, then its hosts, database, media, title."""
+    return environment.get_template("settings.py.j2").render(
+        tenant=tenant,
+        base_settings=project.settings,
+        hosts=list(tenant.hosts),
+        db_host=project.database.host,
+        db_port=str(project.database.port),
+        site_url=site_url,
+    )
