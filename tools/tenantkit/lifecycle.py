@@ -193,6 +193,7 @@ def select(tenants: list[Tenant], names: Iterable[str], all_: bool) -> list[Tena
 def up(project: Project, names: Iterable[str] = (), all_: bool = False,
        report: Report = _quiet) -> list[Tenant]:
     """Build if needed, provision databases, migrate, start and wait until healthy."""
+    select(load_tenants(project), names, all_)  # bad names fail before anything else
     client = engine.connect()
     with locked(project):
         rendered = _render_locked(project)
@@ -285,6 +286,7 @@ def wait_healthy(client, project: Project, tenants: list[Tenant], report: Report
 def down(project: Project, names: Iterable[str] = (), all_: bool = False,
          report: Report = _quiet) -> list[Tenant]:
     """Stop the named tenants' containers (with --all: the whole stack); data is kept."""
+    select(load_tenants(project), names, all_)
     engine.connect()
     with locked(project):
         rendered = _render_locked(project)
@@ -335,6 +337,7 @@ def status(project: Project) -> list[TenantStatus]:
 
 def manage(project: Project, name: str, args: list[str], interactive: bool = False) -> int:
     """Run `manage.py ARGS` in the tenant's context; return its exit code."""
+    select(load_tenants(project), [name], False)
     client = engine.connect()
     with locked(project):
         rendered = _render_locked(project)

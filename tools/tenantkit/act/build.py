@@ -123,7 +123,7 @@ def ensure_base_image(client: docker.DockerClient, base: str) -> None:
     except docker.errors.APIError:
         raise ConfigError(
             f"base image {base} is not present and cannot be pulled; on a host without a registry "
-            "run `make bases` (writes tenantkit.local.yaml to use the local bases)") from None
+            "run `make images` (builds local bases and writes tenantkit.local.yaml)") from None
 
 
 def build_image(client: docker.DockerClient, project: Project, context: BuildContext, tag: str,

@@ -1,0 +1,131 @@
+"""A real stack for integration tests: a throwaway project, two tenants, real Docker.
+
+pytest-docker tears the stack down (`docker compose down -v`) at the end of the
+session; tenantkit itself brings it up, since bringing it up is what is under test.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import Run, tenant_cli, write_project
+
+
+def engine_answers() -> bool:
+    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.docker)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def require_engine():
+    if engine_answers():
+        return
+    if os.environ.get("CI"):
+        pytest.fail("no Docker engine answers, and CI never skips Docker tests: run `make engine`")
+    pytest.skip("no Docker engine answers: run `make engine` to install and start one")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    """The project under test, and helpers that act as a user would."""
+
+    root: Path
+
+    def cli(self, *args: str, **kwargs) -> Run:
+        return tenant_cli(self.root, *args, **kwargs)
+
+    def ok(self, *args: str) -> Run:
+        run = self.cli(*args)
+        assert run.code == 0, f"tenant {' '.join(args)} failed ({run.code}):\n{run.err}"
+        return run
+
+    def port(self, name: str) -> int:
+        text = (self.root / "tenants" / name / "tenant.yaml").read_text()
+        return int(re.search(r"^port: (\d+)$", text, re.M).group(1))
+
+    def url(self, name: str, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port(name)}{path}"
+
+    def get(self, name: str, path: str = "/", host: str | None = None) -> requests.Response:
+        return requests.get(self.url(name, path), headers={"Host": host or f"{name}.localhost"},
+                            timeout=10, allow_redirects=False)
+
+    def session(self, name: str) -> requests.Session:
+        """A browser-like session on the tenant's own host, holding its CSRF cookie."""
+        session = requests.Session()
+        session.headers["Host"] = f"{name}.localhost"
+        session.get(self.url(name), timeout=10)
+        return session
+
+    def post(self, name: str, path: str, data=None, files=None) -> requests.Response:
+        session = self.session(name)
+        data = {**(data or {}), "csrfmiddlewaretoken": session.cookies["csrftoken"]}
+        return session.post(self.url(name, path), data=data, files=files, timeout=10,
+                            allow_redirects=False)
+
+    def secret(self, name: str, key: str) -> str:
+        text = (self.root / "tenants" / name / "secrets.env").read_text()
+        return re.search(rf"^{key}=(.*)$", text, re.M).group(1)
+
+    def db_port(self) -> int:
+        text = (self.root / "tenantkit.yaml").read_text()
+        return int(re.search(r"publish_port: (\d+)", text).group(1))
+
+
+@pytest.fixture(scope="session")
+def stack_root(tmp_path_factory) -> Path:
+    name = f"tkit{os.getpid()}"
+    return write_project(tmp_path_factory.mktemp("stack"), name=name,
+                         database__publish_port=free_port(), ports__first=free_port())
+
+
+# pytest-docker: our project's compose file, torn down (with its volumes) at the end.
+@pytest.fixture(scope="session")
+def docker_compose_file(stack_root):
+    return str(stack_root / "compose" / "compose.yaml")
+
+
+@pytest.fixture(scope="session")
+def docker_compose_project_name(stack_root):
+    return stack_root.joinpath("tenantkit.yaml").read_text().split("name: ")[1].split()[0]
+
+
+@pytest.fixture(scope="session")
+def docker_setup():
+    return False  # `tenant up` is what brings the stack up, and is under test
+
+
+@pytest.fixture(scope="session")
+def docker_cleanup():
+    return ["down -v --remove-orphans --timeout 5"]
+
+
+@pytest.fixture(scope="session")
+def stack(stack_root, docker_services) -> Stack:
+    """Two tenants, alpha and beta, up and answering."""
+    s = Stack(stack_root)
+    s.ok("new", "alpha", "--host", "alpha.localhost", "--title", "Alpha Corp")
+    s.ok("new", "beta", "--host", "beta.localhost", "--title", "Beta & Sons")
+    s.ok("up", "--all")
+    for name in ("alpha", "beta"):
+        docker_services.wait_until_responsive(
+            check=lambda n=name: s.get(n, "/healthz/").status_code == 200, timeout=30, pause=0.2)
+    return s

@@ -1,0 +1,98 @@
+"""Rendering is pure: the model in, a compose document and settings modules out."""
+import yaml
+
+from tenantkit.model import Tenant
+from tenantkit.render.compose import dump_compose, render_compose
+from tenantkit.render.settings import render_settings
+
+
+def tenant(project, name, port, **extra):
+    return Tenant(name=name, hosts=(f"{name}.localhost",), title=name.title(), port=port,
+                  memory=extra.pop("memory", "256m"), workers=1, threads=4,
+                  path=project.tenant_dir(name), **extra)
+
+
+def test_each_tenant_gets_a_service_with_health_restart_memory_and_its_own_network(project):
+    doc = render_compose(project, [tenant(project, "acme", 8101, memory="512m"),
+                                   tenant(project, "zed", 8102)], "tktest/app:src-1")
+    acme = doc["services"]["tenant-acme"]
+    assert acme["image"] == "tktest/app:src-1"
+    assert acme["healthcheck"]["test"][-1] == "/opt/tenantkit/healthcheck.py"
+    assert acme["restart"] == "unless-stopped"
+    assert acme["mem_limit"] == "512m"
+    assert doc["services"]["tenant-zed"]["mem_limit"] == "256m"
+    assert acme["networks"] == ["tenant-acme"]
+    assert doc["services"]["tenant-zed"]["networks"] == ["tenant-zed"]
+    assert sorted(doc["services"]["db"]["networks"]) == ["tenant-acme", "tenant-zed"]
+    assert set(doc["networks"]) == {"tenant-acme", "tenant-zed"}
+
+
+def test_tenants_publish_on_loopback_only(project):
+    doc = render_compose(project, [tenant(project, "acme", 8101)], "img")
+    for service in doc["services"].values():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:")
+    assert doc["services"]["tenant-acme"]["ports"] == ["127.0.0.1:8101:8000"]
+
+
+def test_the_settings_module_is_mounted_read_only_and_media_writable(project):
+    service = render_compose(project, [tenant(project, "acme", 8101)], "img")["services"]["tenant-acme"]
+    folder, media = service["volumes"]
+    assert folder == {"type": "bind", "source": "../tenants/acme", "target": "/app/tenants/acme",
+                      "read_only": True}
+    assert media["target"] == "/app/tenants/acme/www/content" and "read_only" not in media
+    assert service["environment"]["DJANGO_SETTINGS_MODULE"] == "tenants.acme.settings"
+    assert service["environment"]["PYTHONPATH"] == "/app/tenants/acme"
+
+
+def test_secrets_reach_containers_through_env_files_only(project):
+    doc = render_compose(project, [tenant(project, "acme", 8101)], "img")
+    assert doc["services"]["tenant-acme"]["env_file"] == ["../tenants/acme/secrets.env"]
+    assert doc["services"]["db"]["env_file"] == ["../.tenantkit/db.env"]
+    text = dump_compose(doc)
+    assert "PASSWORD=" not in text and "SECRET_KEY" not in text
+
+
+def test_an_external_database_has_no_db_service(project_dir):
+    from tests.conftest import write_project
+    from tenantkit.model import load_project
+    write_project(project_dir, database={"service": False, "host": "db1.example.app",
+                                         "admin_password_file": "pw"})
+    project = load_project(project_dir)
+    doc = render_compose(project, [tenant(project, "acme", 8101)], "img")
+    assert "db" not in doc["services"] and "depends_on" not in doc["services"]["tenant-acme"]
+    assert doc["services"]["tenant-acme"]["environment"]["TENANT_DB_HOST"] == "db1.example.app"
+
+
+def test_the_compose_document_round_trips_through_yaml(project):
+    doc = render_compose(project, [tenant(project, "acme", 8101)], "img")
+    assert yaml.safe_load(dump_compose(doc)) == doc
+
+
+def test_settings_follow_the_seed_and_compile(project):
+    text = render_settings(project, tenant(project, "acme", 8101), "http://acme.localhost:8101/")
+    compile(text, "settings.py", "exec")
+    assert "from main.settings import *" in text
+    assert "ALLOWED_HOSTS = ['acme.localhost']" in text
+    assert "TENANT_ROOT = os.path.dirname(os.path.abspath(__file__))" in text
+    assert '"NAME": \'acme\'' in text and '"USER": \'acme\'' in text
+    assert 'MEDIA_ROOT = os.path.join(TENANT_ROOT, "www", "content")' in text
+    assert "SITE_TITLE = 'Acme'" in text
+    assert "INSTALLED_APPS" not in text
+
+
+def test_a_title_with_quotes_stays_a_string_literal(project):
+    nasty = 'Zed\'s "Co"\\ """; import os'
+    t = Tenant(name="zed", hosts=("zed.localhost",), title=nasty, port=8101, memory="256m",
+               workers=1, threads=4, path=project.tenant_dir("zed"))
+    namespace: dict = {}
+    text = render_settings(project, t, "http://zed.localhost/")
+    line = next(line for line in text.splitlines() if line.startswith("SITE_TITLE"))
+    exec(line, namespace)
+    assert namespace["SITE_TITLE"] == nasty
+
+
+def test_extra_apps_are_added_to_installed_apps(project):
+    t = tenant(project, "acme", 8101, apps=("acme_reports",))
+    text = render_settings(project, t, "http://acme.localhost/")
+    assert "INSTALLED_APPS = [*INSTALLED_APPS, *['acme_reports']]" in text
