@@ -13,7 +13,7 @@ def states(stack) -> dict:
 
 
 def container_id(stack, name: str) -> str:
-    service = f"tenant-{name}"
+    service = "db" if name == "db_service" else f"tenant-{name}"
     out = subprocess.run(["docker", "compose", "-f", str(stack.root / "compose" / "compose.yaml"),
                           "ps", "-q", service], capture_output=True, text=True, check=True).stdout
     return out.strip()
@@ -141,3 +141,12 @@ def test_down_stops_only_that_tenant(stack):
     assert stack.get("alpha").status_code == 200
     stack.ok("up", "beta")
     assert stack.get("beta").status_code == 200
+
+
+def test_adding_a_tenant_restarts_neither_the_database_nor_other_tenants(stack):
+    db, alpha = container_id(stack, "db_service"), container_id(stack, "alpha")
+    stack.ok("new", "delta")
+    stack.ok("up", "delta")
+    assert stack.get("delta").status_code == 200
+    assert (container_id(stack, "db_service"), container_id(stack, "alpha")) == (db, alpha)
+    assert stack.get("alpha").status_code == 200

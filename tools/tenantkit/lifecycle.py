@@ -199,11 +199,18 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
         rendered = _render_locked(project)
         chosen = select(rendered.tenants, names, all_)
         _ensure_image(client, project, rendered.context, report)
-        _start_database(project, report)
+        before = engine.service_states(client, project)
+        _start_database(client, project, chosen, report)
         _provision(project, chosen, report)
         for tenant in chosen:
             report(f"migrating {tenant.name}")
-            _migrate(project, tenant)
+            try:
+                _migrate(project, tenant)
+            except OperationFailed:
+                # A tenant that was absent stays absent: drop the container made for it.
+                if tenant.names.service not in before:
+                    engine.compose(project, "rm", "-f", "-s", tenant.names.service, check=False)
+                raise
         if chosen:
             report(f"starting {', '.join(t.name for t in chosen)}")
             engine.compose(project, "up", "-d", "--no-deps", "--remove-orphans",
@@ -212,10 +219,19 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
     return chosen
 
 
-def _start_database(project: Project, report: Report) -> None:
-    if project.database.service:
+def _start_database(client, project: Project, tenants: list[Tenant], report: Report) -> None:
+    """Start the compose db service, or attach the running one to the tenants' networks."""
+    if not project.database.service:
+        return
+    state = engine.service_states(client, project).get("db", engine.ABSENT)
+    if state.state != "running":
         report("starting database")
         engine.compose(project, "up", "-d", "--wait", "db")
+        return
+    if tenants:
+        # Create the tenants' networks (and containers, unstarted) without touching db.
+        engine.compose(project, "up", "--no-start", "--no-deps", *(t.names.service for t in tenants))
+        engine.attach_to_networks(client, project, "db", [t.names.network for t in tenants])
 
 
 def _provision(project: Project, tenants: list[Tenant], report: Report) -> None:
@@ -345,7 +361,7 @@ def manage(project: Project, name: str, args: list[str], interactive: bool = Fal
         state = engine.service_states(client, project).get(tenant.names.service, engine.ABSENT)
         if state.state != "running":
             _ensure_image(client, project, rendered.context, _quiet)
-            _start_database(project, _quiet)
+            _start_database(client, project, [tenant], _quiet)
             _provision(project, [tenant], _quiet)
     tty = [] if interactive else ["-T"]
     command = ["python", "manage.py", *args]

@@ -81,3 +81,24 @@ def service_states(client: docker.DockerClient, project: Project) -> dict[str, S
         health = container.attrs.get("State", {}).get("Health", {}).get("Status", "")
         states[service] = ServiceState("running" if running else "stopped", health, container)
     return states
+
+
+def attach_to_networks(client: docker.DockerClient, project: Project, service: str,
+                       networks: list[str]) -> list[str]:
+    """Connect a running service's container to compose networks it is not on yet.
+
+    Compose recreates a container whose network list changed; for the shared database
+    that would cut every tenant off, so tenantkit attaches it to a new tenant's network
+    instead. Returns the networks it attached.
+    """
+    state = service_states(client, project).get(service, ABSENT)
+    if state.container is None:
+        return []
+    current = set(state.container.attrs["NetworkSettings"]["Networks"])
+    attached = []
+    for network in networks:
+        full = f"{project.name}_{network}"
+        if full not in current:
+            client.networks.get(full).connect(state.container, aliases=[service])
+            attached.append(network)
+    return attached
