@@ -33,12 +33,18 @@ COPY image/app/ /opt/tenantkit/
 COPY source/ /app/
 WORKDIR /app
 
-# Collected static files belong to the release (served as /_assets, as in the seed).
+# Collected static files belong to the release (served as /_assets by Apache, as in the
+# seed); they are staged in /opt/tenantkit/assets, where `tenant up` extracts them from.
 # A project whose settings cannot load at build time simply ships none.
 ARG SETTINGS_MODULE=main.settings
-RUN mkdir -p /app/tenants \
- && (DJANGO_SETTINGS_MODULE=$SETTINGS_MODULE python manage.py collectstatic --noinput -v0 \
-     || echo "collectstatic skipped: $SETTINGS_MODULE did not load at build time")
+RUN mkdir -p /app/tenants /opt/tenantkit/assets \
+ && export DJANGO_SETTINGS_MODULE=$SETTINGS_MODULE \
+ && if python manage.py collectstatic --noinput -v0; then \
+        static_root=$(python -c 'from django.conf import settings; print(settings.STATIC_ROOT or "")'); \
+        if [ -n "$static_root" ]; then cp -a "$static_root"/. /opt/tenantkit/assets/; fi; \
+    else \
+        echo "collectstatic skipped: $SETTINGS_MODULE did not load at build time"; \
+    fi
 
 # Tenants never run as root; their media folders are owned by this uid on the host.
 USER 10001:10001

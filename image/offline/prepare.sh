@@ -48,7 +48,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "$want" >"$stamp"
 fi
 
-if [ ! -f tenantkit.local.yaml ]; then
+marker="# Written by image/offline/prepare.sh"
+if [ ! -f tenantkit.local.yaml ] || head -1 tenantkit.local.yaml | grep -q "^$marker"; then
     say "writing tenantkit.local.yaml"
     cat >tenantkit.local.yaml <<'YAML'
 # Written by image/offline/prepare.sh: this host has no image registry, so it uses
@@ -56,6 +57,7 @@ if [ ! -f tenantkit.local.yaml ]; then
 images:
   base: tenantkit/python-base:bookworm
   db: tenantkit/postgres:15
+  proxy_base: tenantkit/services-base:bookworm
 wheelhouse: .wheelhouse
 YAML
 fi

@@ -85,6 +85,14 @@ class Stack:
         text = (self.root / "tenants" / name / "secrets.env").read_text()
         return re.search(rf"^{key}=(.*)$", text, re.M).group(1)
 
+    def proxy_port(self) -> int:
+        text = (self.root / "tenantkit.yaml").read_text()
+        return int(re.search(r"^proxy:\n(?:  .*\n)*?  port: (\d+)", text, re.M).group(1))
+
+    def via_proxy(self, host: str, path: str = "/", **headers) -> requests.Response:
+        return requests.get(f"http://127.0.0.1:{self.proxy_port()}{path}",
+                            headers={"Host": host, **headers}, timeout=10, allow_redirects=False)
+
     def db_port(self) -> int:
         text = (self.root / "tenantkit.yaml").read_text()
         return int(re.search(r"publish_port: (\d+)", text).group(1))
@@ -93,8 +101,8 @@ class Stack:
 @pytest.fixture(scope="session")
 def stack_root(tmp_path_factory) -> Path:
     name = f"tkit{os.getpid()}"
-    return write_project(tmp_path_factory.mktemp("stack"), name=name,
-                         database__publish_port=free_port(), ports__first=free_port())
+    return write_project(tmp_path_factory.mktemp("stack"), name=name, database__publish_port=free_port(),
+                         ports__first=free_port(), proxy__port=free_port())
 
 
 # pytest-docker: our project's compose file, torn down (with its volumes) at the end.

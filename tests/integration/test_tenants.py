@@ -95,7 +95,8 @@ def test_list_reports_state_url_and_database(stack):
     assert rows["alpha"]["state"] == "running"
     assert rows["alpha"]["hosts"] == ["alpha.localhost"]
     assert rows["alpha"]["database"] == "alpha"
-    assert rows["alpha"]["url"] == f"http://alpha.localhost:{stack.port('alpha')}/"
+    assert rows["alpha"]["url"] == f"http://alpha.localhost:{stack.proxy_port()}/"
+    assert rows["alpha"]["port"] == stack.port("alpha")
 
 
 def test_manage_runs_a_command_in_the_tenants_context(stack):

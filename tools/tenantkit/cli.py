@@ -83,8 +83,9 @@ def build(ctx, force):
 @click.pass_context
 def up(ctx, names, all_):
     """Start tenants: build, create databases, migrate, run, wait until healthy."""
-    for tenant in lifecycle.up(_project(ctx), names, all_, report):
-        click.echo(f"{tenant.name}\t{tenant.url()}")
+    project = _project(ctx)
+    for tenant in lifecycle.up(project, names, all_, report):
+        click.echo(f"{tenant.name}\t{project.tenant_url(tenant)}")
 
 
 @cli.command()
@@ -125,6 +126,16 @@ def manage(ctx, name, args):
         raise click.UsageError("give the manage.py command after --, such as: tenant manage acme -- check")
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     ctx.exit(lifecycle.manage(_project(ctx), name, list(args), interactive))
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("switch", type=click.Choice(["on", "off"]))
+@click.pass_context
+def maintenance(ctx, name, switch):
+    """Turn maintenance mode on or off: the tenant's vhost answers 503 with a notice."""
+    tenant = lifecycle.maintenance(_project(ctx), name, switch == "on", report)
+    click.echo(f"{tenant.name}\tmaintenance {switch}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -68,6 +68,20 @@ class Images:
     base: str
     app: str
     db: str
+    proxy: str = "tenantkit/proxy"
+    proxy_base: str = "httpd:2.4"
+
+
+PROXY_MODES = ("compose", "host", "none")
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """Apache in front of the tenants: a compose service, the host's own Apache, or none."""
+
+    mode: str = "compose"
+    port: int = 8080  # compose: published on 127.0.0.1; host: the port the host's Apache listens on
+    reload_command: tuple[str, ...] = ()  # host mode: how to reload the host's Apache
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,7 @@ class Project:
     wheelhouse: Path | None
     first_port: int
     defaults: TenantDefaults
+    proxy: Proxy = Proxy()
 
     @property
     def tenants_dir(self) -> Path:
@@ -130,8 +145,29 @@ class Project:
     def db_env_file(self) -> Path:
         return self.state_dir / "db.env"
 
+    @property
+    def sites_dir(self) -> Path:
+        """Generated Apache vhosts, one per tenant plus the catch-all default."""
+        return self.root / "compose" / "apache" / "sites"
+
+    @property
+    def assets_dir(self) -> Path:
+        """Each release's collected static files, extracted from its image."""
+        return self.root / "compose" / "assets"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
     def tenant_dir(self, name: str) -> Path:
         return self.tenants_dir / name
+
+    def tenant_url(self, tenant: "Tenant") -> str:
+        """Where users reach a tenant: through the proxy when there is one."""
+        if self.proxy.mode == "none":
+            return tenant.url()
+        port = "" if self.proxy.port == 80 else f":{self.proxy.port}"
+        return f"http://{tenant.primary_host}{port}/"
 
 
 @dataclass(frozen=True)
@@ -144,6 +180,7 @@ class Tenant:
     workers: int
     threads: int
     apps: tuple[str, ...] = ()
+    maintenance: bool = False
     path: Path = field(default=Path("."), compare=False)
 
     @property
@@ -176,6 +213,7 @@ class Tenant:
             "workers": self.workers,
             "threads": self.threads,
             "apps": list(self.apps),
+            "maintenance": self.maintenance,
         }
 
 
@@ -425,6 +463,8 @@ def load_project(root: Path) -> Project:
         base=img.get("base", check_image, "python:3.11-slim"),
         app=img.get("app", check_image, f"{name}/app"),
         db=img.get("db", check_image, "postgres:15"),
+        proxy=img.get("proxy", check_image, f"{name}/proxy"),
+        proxy_base=img.get("proxy_base", check_image, "httpd:2.4"),
     )
     img.done()
 
@@ -448,6 +488,14 @@ def load_project(root: Path) -> Project:
     first_port = ports.get("first", check_port, 8101)
     ports.done()
 
+    px = top.section("proxy")
+    proxy = Proxy(
+        mode=px.get("mode", _one_of(PROXY_MODES), "compose"),
+        port=px.get("port", check_port_any, 8080),
+        reload_command=px.get("reload_command", _list_of(check_text), ()),
+    )
+    px.done()
+
     dflt = top.section("tenant_defaults")
     defaults = TenantDefaults(
         memory=dflt.get("memory", check_memory, TenantDefaults.memory),
@@ -460,8 +508,16 @@ def load_project(root: Path) -> Project:
         root=root, name=name, source=source, settings=settings, requirements=requirements,
         health_path=health_path, domain=domain, images=images, database=database,
         wheelhouse=(root / wheelhouse) if wheelhouse else None, first_port=first_port,
-        defaults=defaults,
+        defaults=defaults, proxy=proxy,
     )
+
+
+def _one_of(choices):
+    def checked(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+    return checked
 
 
 def check_name_like(value: Any) -> str:
@@ -510,6 +566,7 @@ def load_tenant(project: Project, name: str) -> Tenant:
         workers=f.get("workers", check_count, project.defaults.workers),
         threads=f.get("threads", check_count, project.defaults.threads),
         apps=f.get("apps", _list_of(check_module), ()),
+        maintenance=f.get("maintenance", _bool, False),
         path=folder,
     )
     f.done()

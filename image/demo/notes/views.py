@@ -59,4 +59,4 @@ def healthz(request):
             cursor.fetchone()
     except Exception as exc:  # any database failure means unhealthy
         return JsonResponse({"status": "error", "error": type(exc).__name__}, status=503)
-    return JsonResponse({"status": "ok", "tenant": settings.TENANT_NAME})
+    return JsonResponse({"status": "ok", "tenant": settings.TENANT_NAME, "scheme": request.scheme})

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,15 +80,16 @@ def context_files(project: Project) -> list[tuple[str, Path]]:
     return files
 
 
-def build_context(project: Project, base_image: str) -> BuildContext:
-    """The deterministic tar the image is built from, and its digest."""
+def make_context(files: list[tuple[str, Path]], extra: str) -> BuildContext:
+    """A deterministic tar of `files` and its digest; `extra` names inputs that are not files."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for directory in ("wheelhouse", "requirements", "source", "image/app"):
+        for directory in sorted({name.rsplit("/", 1)[0] for name, _ in files if "/" in name}
+                                | {"wheelhouse", "requirements", "source", "image/app"}):
             info = tarfile.TarInfo(directory)
             info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
             tar.addfile(info)
-        for name, path in context_files(project):
+        for name, path in files:
             data = path.read_bytes()
             info = tarfile.TarInfo(name)
             info.size, info.mtime = len(data), 0
@@ -94,13 +97,24 @@ def build_context(project: Project, base_image: str) -> BuildContext:
             tar.addfile(info, io.BytesIO(data))
     data = buffer.getvalue()
     digest = hashlib.sha256(data)
-    # The base image and settings module change the image without changing a file.
-    digest.update(f"\0{base_image}\0{project.settings}".encode())
+    digest.update(f"\0{extra}".encode())
     return BuildContext(data=data, digest=digest.hexdigest())
 
 
-def image_tag(project: Project, context: BuildContext) -> str:
-    return f"{project.images.app}:src-{context.short}"
+def build_context(project: Project, base_image: str) -> BuildContext:
+    """The context of the shared Django image; the base image and settings module count too."""
+    return make_context(context_files(project), f"{base_image}\0{project.settings}")
+
+
+def proxy_context(project: Project) -> BuildContext:
+    """The context of the Apache proxy image (image/proxy/)."""
+    folder = image_root(project) / "image" / "proxy"
+    return make_context([(p.name, p) for p in sorted(folder.iterdir()) if p.is_file()],
+                        project.images.proxy_base)
+
+
+def image_tag(project: Project, context: BuildContext, repository: str | None = None) -> str:
+    return f"{repository or project.images.app}:src-{context.short}"
 
 
 def image_is_current(client: docker.DockerClient, tag: str, context: BuildContext) -> bool:
@@ -126,15 +140,14 @@ def ensure_base_image(client: docker.DockerClient, base: str) -> None:
             "run `make images` (builds local bases and writes tenantkit.local.yaml)") from None
 
 
-def build_image(client: docker.DockerClient, project: Project, context: BuildContext, tag: str,
-                on_step: Callable[[str], None] = lambda line: None) -> None:
-    """Build and tag the shared image; raise OperationFailed with the build's last lines."""
-    ensure_base_image(client, project.images.base)
+def build_image(client: docker.DockerClient, context: BuildContext, tag: str, base: str,
+                buildargs: dict[str, str], on_step: Callable[[str], None] = lambda line: None) -> None:
+    """Build and tag an image; raise OperationFailed with the build's last lines."""
+    ensure_base_image(client, base)
     log: list[str] = []
     stream = client.api.build(
         fileobj=io.BytesIO(context.data), custom_context=True, tag=tag, rm=True, forcerm=True,
-        buildargs={"BASE_IMAGE": project.images.base, "SETTINGS_MODULE": project.settings},
-        labels={LABEL: context.digest}, decode=True,
+        buildargs={"BASE_IMAGE": base, **buildargs}, labels={LABEL: context.digest}, decode=True,
     )
     for chunk in stream:
         if "error" in chunk:
@@ -144,4 +157,28 @@ def build_image(client: docker.DockerClient, project: Project, context: BuildCon
             log.append(text)
             if text.startswith("Step "):
                 on_step(text.strip())
-    client.images.get(tag).tag(project.images.app, "latest")
+    client.images.get(tag).tag(tag.rpartition(":")[0], "latest")
+
+
+def extract_assets(client: docker.DockerClient, image: str, target: Path) -> bool:
+    """Copy the image's collected static files to `target` (once per release)."""
+    if target.is_dir():
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    container = client.containers.create(image, command=["true"])
+    try:
+        stream, _ = container.get_archive("/opt/tenantkit/assets/.")
+        buffer = io.BytesIO(b"".join(stream))
+    finally:
+        container.remove(force=True)
+    staging.mkdir()
+    with tarfile.open(fileobj=buffer) as tar:
+        tar.extractall(staging, filter="data")
+    # get_archive wraps the folder's content in a folder of its own name.
+    inner = staging / "assets" if (staging / "assets").is_dir() else staging
+    os.chmod(inner, 0o755)
+    os.rename(inner, target)
+    shutil.rmtree(staging, ignore_errors=True)
+    return True

@@ -36,10 +36,14 @@ def atomic_write(path: Path, text: str, mode: int = 0o644) -> bool:
 
 
 def give_to_app_user(path: Path) -> None:
-    """Let the container's uid write a media folder; fall back to world-writable when not root."""
+    """Let the container's uid write a media folder, and Apache read it.
+
+    Media is what a tenant publishes under /_content; no other tenant's container mounts it.
+    Without root (no chown), the folder becomes world-writable instead.
+    """
     try:
         os.chown(path, APP_UID, APP_UID)
-        os.chmod(path, 0o750)
+        os.chmod(path, 0o755)
     except PermissionError:
         os.chmod(path, 0o777)
 

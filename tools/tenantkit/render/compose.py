@@ -85,11 +85,46 @@ def tenant_service(project: Project, tenant: Tenant, image: str) -> dict:
     return service
 
 
-def render_compose(project: Project, tenants: list[Tenant], image: str) -> dict:
+def proxy_service(project: Project, tenants: list[Tenant], proxy_image: str) -> dict:
+    """Apache in front: on every tenant's network, with the sites, media and assets read-only.
+
+    Whole folders are mounted (not one per tenant), so adding a tenant never changes this
+    service's definition beyond its networks, which tenantkit attaches without a restart.
+    """
+    def bind(source: str, target: str, read_only: bool = True) -> dict:
+        mount = {"type": "bind", "source": source, "target": target}
+        return {**mount, "read_only": True} if read_only else mount
+
+    return {
+        "image": proxy_image,
+        "pull_policy": "never",
+        "ports": [f"127.0.0.1:{project.proxy.port}:80"],
+        "volumes": [
+            bind(_rel("compose", "apache", "sites"), "/etc/tenantkit/sites"),
+            bind(_rel("tenants"), "/srv/tenants"),
+            bind(_rel("compose", "assets"), "/srv/assets"),
+            bind(_rel(".tenantkit", "logs"), "/var/log/tenantkit", read_only=False),
+        ],
+        "restart": "unless-stopped",
+        "stop_grace_period": "30s",
+        "healthcheck": {
+            "test": ["CMD", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/80"],
+            "interval": "10s",
+            "timeout": "3s",
+            "retries": 3,
+        },
+        "networks": [t.names.network for t in tenants] or ["default"],
+    }
+
+
+def render_compose(project: Project, tenants: list[Tenant], image: str,
+                   proxy_image: str | None = None) -> dict:
     """The whole stack as a Compose Specification document."""
     services: dict = {}
     if project.database.service:
         services["db"] = db_service(project, tenants)
+    if project.proxy.mode == "compose" and proxy_image:
+        services["proxy"] = proxy_service(project, tenants, proxy_image)
     for tenant in tenants:
         services[tenant.names.service] = tenant_service(project, tenant, image)
     doc: dict = {"name": project.name, "services": services}

@@ -1,0 +1,83 @@
+"""Render Apache vhosts: a reverse proxy per tenant, and the catch-all default.
+
+Every value that reaches Apache text is validated first (host names by the model;
+paths here): a quote or newline must never become a directive.
+"""
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+
+from ..model import ConfigError, Project, Tenant
+from . import environment
+
+DEFAULT_SITE = "000-default.conf"  # sorts before every tenant name (they start with a letter)
+SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+@=,-]*$")
+APP_PORT = 8000
+
+
+def apache_path(path: str) -> str:
+    """A path fit for a quoted Apache argument, or a ConfigError."""
+    if not SAFE_PATH.match(path) or "/../" in f"{path}/":
+        raise ConfigError(f"path {path!r} cannot be written into an Apache config; "
+                          "move the project to a path of letters, digits and - _ . / only")
+    return path.rstrip("/") or "/"
+
+
+@dataclass(frozen=True)
+class ProxyLayout:
+    """Where the proxy finds things: inside the proxy container, or on the host."""
+
+    listen_port: int
+    log_dir: str
+    tenants_dir: str
+    assets_dir: str
+    in_compose: bool
+
+    def backend(self, tenant: Tenant) -> str:
+        if self.in_compose:
+            return f"http://{tenant.names.service}:{APP_PORT}"
+        return f"http://127.0.0.1:{tenant.port}"
+
+
+def proxy_layout(project: Project) -> ProxyLayout:
+    """The layout of the project's proxy mode (compose service or host Apache)."""
+    if project.proxy.mode == "compose":
+        return ProxyLayout(80, "/var/log/tenantkit", "/srv/tenants", "/srv/assets", True)
+    return ProxyLayout(project.proxy.port, apache_path(str(project.logs_dir)),
+                       apache_path(str(project.tenants_dir)), apache_path(str(project.assets_dir)), False)
+
+
+def release_of(image: str) -> str:
+    """The folder name of a release's assets: the tag of its image."""
+    return image.rpartition(":")[2]
+
+
+def render_proxy_vhost(tenant: Tenant, layout: ProxyLayout, image: str) -> str:
+    """One tenant's vhost: its hosts, its media and assets, a proxy to its container only."""
+    return environment.get_template("vhost-proxy.conf.j2").render(
+        tenant=tenant,
+        listen_port=layout.listen_port,
+        log_dir=layout.log_dir,
+        log_format="combined",
+        media_dir=f"{layout.tenants_dir}/{tenant.name}/www/content",
+        assets_dir=apache_path(f"{layout.assets_dir}/{release_of(image)}"),
+        backend=layout.backend(tenant),
+        # HTML-escaped, so no quote or backslash reaches the quoted ErrorDocument string.
+        title_html=html.escape(tenant.title, quote=True).replace("\\", "&#92;"),
+    )
+
+
+def render_default_vhost(layout: ProxyLayout) -> str:
+    return environment.get_template("vhost-default.conf.j2").render(
+        listen_port=layout.listen_port, log_dir=layout.log_dir, log_format="combined")
+
+
+def render_sites(project: Project, tenants: list[Tenant], image: str) -> dict[str, str]:
+    """Every vhost file of the project's proxy, by file name."""
+    layout = proxy_layout(project)
+    sites = {DEFAULT_SITE: render_default_vhost(layout)}
+    for tenant in tenants:
+        sites[tenant.names.vhost] = render_proxy_vhost(tenant, layout, image)
+    return sites
