@@ -3,7 +3,7 @@
 PYTHON ?= python3
 TENANT := $(PYTHON) tools/tenant
 
-.PHONY: help deps engine images demo demo-down test unit integration bench
+.PHONY: help deps engine images host-services demo demo-down test unit integration bench
 
 help:
 	@echo "make demo       set up everything, start tenants acme, liberty and zed, print their URLs"
@@ -21,6 +21,9 @@ engine:
 images: engine
 	image/offline/prepare.sh
 
+host-services:
+	tools/setup-host-services
+
 demo: deps images
 	@[ -d tenants/acme ]    || $(TENANT) new acme    --host acme.localhost    --title "ACME Inc"
 	@[ -d tenants/liberty ] || $(TENANT) new liberty --host liberty.localhost --title "Liberty Ltd"
@@ -34,13 +37,13 @@ demo: deps images
 demo-down:
 	$(TENANT) down --all
 
-test: deps images
+test: deps images host-services
 	$(PYTHON) -m pytest tests
 
 unit: deps
 	$(PYTHON) -m pytest tests/unit
 
-integration: deps images
+integration: deps images host-services
 	$(PYTHON) -m pytest tests/integration
 
 bench: deps images

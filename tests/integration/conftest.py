@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,10 +101,13 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack_root(tmp_path_factory) -> Path:
-    name = f"tkit{os.getpid()}"
-    return write_project(tmp_path_factory.mktemp("stack"), name=name, database__publish_port=free_port(),
-                         ports__first=free_port(), proxy__port=free_port())
+def stack_root():
+    # Not under pytest's private tmp folder: the host's Apache (www-data) must reach media.
+    folder = Path(tempfile.mkdtemp(prefix="tkstack-"))
+    os.chmod(folder, 0o755)
+    yield write_project(folder, name=f"tkit{os.getpid()}", database__publish_port=free_port(),
+                        ports__first=free_port(), proxy__port=free_port())
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 # pytest-docker: our project's compose file, torn down (with its volumes) at the end.

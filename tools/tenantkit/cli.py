@@ -138,6 +138,38 @@ def maintenance(ctx, name, switch):
     click.echo(f"{tenant.name}\tmaintenance {switch}")
 
 
+@cli.command()
+@click.option("--mode", type=click.Choice(["proxy", "wsgi"]), required=True,
+              help="proxy: the host's Apache proxies to the tenant containers; "
+                   "wsgi: the classic setup, Django under mod_wsgi without containers.")
+@click.option("--port", type=click.IntRange(1, 65535), default=80, show_default=True,
+              help="Port the vhosts listen on (the Listen directive stays in your Apache config).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="proxy: folder for the vhosts (default compose/apache/host).")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path),
+              help="wsgi: root of the classic layout (releases/, current, shared/tenants/).")
+@click.option("--release", "version", help="wsgi: version of the release to build and make current.")
+@click.option("--python", default="/usr/bin/python3", show_default=True,
+              help="wsgi: the Python mod_wsgi was built for; the release's virtualenv uses it.")
+@click.option("--user", default="www-data", show_default=True, help="wsgi: user of the daemon processes.")
+@click.pass_context
+def apache(ctx, mode, port, out, root, version, python, user):
+    """Write Apache vhosts for every tenant, for the host's own Apache."""
+    project = _project(ctx)
+    if mode == "proxy":
+        out = out or project.root / "compose" / "apache" / "host"
+        files = lifecycle.apache_proxy(project, out, port, report)
+        click.echo(f"wrote {len(files)} vhosts to {out}")
+        click.echo(f"add to your Apache config:  Include {out}/*.conf   (a2enmod proxy proxy_http headers rewrite)")
+        return
+    if root is None or version is None:
+        raise click.UsageError("--mode wsgi needs --root DIR and --release VERSION")
+    from .classic import apache_wsgi
+    tenants = apache_wsgi(project, root, version, port, python, user, report)
+    click.echo(f"release {version} is current in {root.resolve()}; {len(tenants)} tenant vhosts in {root.resolve()}/apache")
+    click.echo(f"add to your Apache config:  Include {root.resolve()}/apache/*.conf   (a2enmod wsgi)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn errors into one line and an exit code."""
     argv = sys.argv[1:] if argv is None else argv

@@ -11,6 +11,7 @@ import shutil
 import socket
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 import yaml
@@ -23,7 +24,7 @@ from .act.files import atomic_write, give_to_app_user, locked
 from .act.secrets import ensure_db_admin_secret, new_tenant_secrets, read_env_file, write_env_file
 from .model import (TENANT_FILE, ConfigError, Project, Tenant, check_host, check_memory,
                     check_name, check_title, display_path, load_tenants)
-from .render.apache import release_of, render_sites
+from .render.apache import host_layout, release_of, render_sites
 from .render.compose import dump_compose, render_compose
 from .render.settings import render_settings
 
@@ -173,7 +174,7 @@ def build(project: Project, report: Report = _quiet, force: bool = False) -> str
 
 
 def _ensure_images(client, project: Project, rendered: Rendered, report: Report,
-                   force: bool = False) -> None:
+                   force: bool = False, assets: bool = False) -> None:
     """Build the shared image (and the proxy's) when missing or out of date."""
     builds = [(rendered.context, rendered.image, project.images.base, {"SETTINGS_MODULE": project.settings})]
     if rendered.proxy_context is not None:
@@ -184,7 +185,7 @@ def _ensure_images(client, project: Project, rendered: Rendered, report: Report,
             started = time.monotonic()
             builder.build_image(client, context, tag, base, args, on_step=lambda step: report(f"  {step}"))
             report(f"built {tag} in {time.monotonic() - started:.1f}s")
-    if project.proxy.mode != "none":
+    if assets or project.proxy.mode != "none":
         builder.extract_assets(client, rendered.image, project.assets_dir / release_of(rendered.image))
 
 
@@ -378,3 +379,19 @@ def maintenance(project: Project, name: str, on: bool, report: Report = _quiet) 
             _ensure_images(client, project, rendered, report)
         proxy.sync(client, project, rendered.tenants, report)
     return tenant
+
+
+# ---------------------------------------------------------------------------
+# apache --mode proxy
+
+def apache_proxy(project: Project, out: Path, listen_port: int, report: Report = _quiet) -> list[str]:
+    """Write vhosts for the host's own Apache, proxying to the tenants' loopback ports."""
+    client = engine.connect()
+    with locked(project):
+        rendered = _render_locked(project)
+        _ensure_images(client, project, rendered, report, assets=True)
+        sites = render_sites(project, rendered.tenants, rendered.image, host_layout(project, listen_port))
+        project.logs_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in sites.items():
+            atomic_write(out / name, text)
+    return sorted(sites)

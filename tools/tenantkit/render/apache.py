@@ -45,8 +45,7 @@ def proxy_layout(project: Project) -> ProxyLayout:
     """The layout of the project's proxy mode (compose service or host Apache)."""
     if project.proxy.mode == "compose":
         return ProxyLayout(80, "/var/log/tenantkit", "/srv/tenants", "/srv/assets", True)
-    return ProxyLayout(project.proxy.port, apache_path(str(project.logs_dir)),
-                       apache_path(str(project.tenants_dir)), apache_path(str(project.assets_dir)), False)
+    return host_layout(project, project.proxy.port)
 
 
 def release_of(image: str) -> str:
@@ -74,9 +73,16 @@ def render_default_vhost(layout: ProxyLayout) -> str:
         listen_port=layout.listen_port, log_dir=layout.log_dir, log_format="combined")
 
 
-def render_sites(project: Project, tenants: list[Tenant], image: str) -> dict[str, str]:
+def host_layout(project: Project, listen_port: int) -> ProxyLayout:
+    """The host's own Apache proxying to the tenants' published loopback ports."""
+    return ProxyLayout(listen_port, apache_path(str(project.logs_dir)), apache_path(str(project.tenants_dir)),
+                       apache_path(str(project.assets_dir)), False)
+
+
+def render_sites(project: Project, tenants: list[Tenant], image: str,
+                 layout: ProxyLayout | None = None) -> dict[str, str]:
     """Every vhost file of the project's proxy, by file name."""
-    layout = proxy_layout(project)
+    layout = layout or proxy_layout(project)
     sites = {DEFAULT_SITE: render_default_vhost(layout)}
     for tenant in tenants:
         sites[tenant.names.vhost] = render_proxy_vhost(tenant, layout, image)

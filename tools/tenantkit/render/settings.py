@@ -3,13 +3,14 @@ from ..model import Project, Tenant
 from . import environment
 
 
-def render_settings(project: Project, tenant: Tenant, site_url: str) -> str:
+def render_settings(project: Project, tenant: Tenant, site_url: str,
+                    db_host: str | None = None, db_port: int | None = None) -> str:
     """The tenant's settings module: base settings, then its hosts, database, media, title."""
     return environment.get_template("settings.py.j2").render(
         tenant=tenant,
         base_settings=project.settings,
         hosts=list(tenant.hosts),
-        db_host=project.database.host,
-        db_port=str(project.database.port),
+        db_host=db_host or project.database.host,
+        db_port=str(db_port or project.database.port),
         site_url=site_url,
     )

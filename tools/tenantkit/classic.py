@@ -1,0 +1,165 @@
+"""Classic mode: the seed's own layout, for hosts that run Django under mod_wsgi.
+
+    ROOT/releases/<version>/source/   the project's code (+ tenants -> ../../../shared/tenants)
+    ROOT/releases/<version>/python/   a virtualenv made with the system Python mod_wsgi uses
+    ROOT/current -> releases/<version>
+    ROOT/shared/tenants/<name>/       settings.py, wsgi.py, secrets.env, www/content/
+    ROOT/apache/*.conf                a WSGIDaemonProcess vhost per tenant, and a catch-all
+"""
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import re
+import secrets as _secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+from .act import build as builder
+from .act import database
+from .act.engine import OperationFailed, tail
+from .act.files import atomic_write, locked
+from .act.secrets import read_env_file
+from .model import ConfigError, Project, Tenant, display_path, load_tenants
+from .render.apache import ProxyLayout, apache_path, render_default_vhost
+from .render.classic import render_wsgi_script, render_wsgi_vhost
+from .render.settings import render_settings
+
+RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+GENERATED = {"settings.py", "wsgi.py", "secrets.env", "www"}
+
+
+def _run(command: list[str], what: str, **kwargs) -> str:
+    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        raise OperationFailed(f"{what} failed (exit {result.returncode}):\n{tail(result.stdout + result.stderr)}")
+    return result.stdout
+
+
+def _ids(user: str) -> tuple[int, int]:
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"user {user!r} does not exist; pass the user Apache runs as with --user") from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def make_release(project: Project, root: Path, version: str, python: str, report) -> Path:
+    """releases/VERSION with the project's code and a virtualenv; existing releases are kept as they are."""
+    release = root / "releases" / version
+    if release.is_dir():
+        report(f"release {version} exists; releases are immutable, so it is used as it is")
+        return release
+    staging = root / "releases" / f".{version}.tmp-{_secrets.token_hex(4)}"
+    staging.mkdir(parents=True)
+    try:
+        source = staging / "source"
+        report(f"copying {display_path(project.source)} into releases/{version}/source")
+        shutil.copytree(project.source, source, ignore=shutil.ignore_patterns(
+            *builder.SKIP_DIRS, "*.pyc", "*.sqlite3", "content"))
+        os.symlink("../../../shared/tenants", source / "tenants")
+        report(f"creating releases/{version}/python with {python}")
+        _run([python, "-m", "venv", str(staging / "python")], "creating the virtualenv")
+        pip = [str(staging / "python" / "bin" / "python"), "-m", "pip", "install", "-q",
+               "--disable-pip-version-check", "-r", str(project.requirements),
+               "-r", str(builder.image_root(project) / "image" / "app" / "runtime.txt")]
+        if project.wheelhouse is not None:
+            pip += ["--no-index", "--find-links", str(project.wheelhouse)]
+        report("installing requirements")
+        _run(pip, "installing requirements")
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": project.settings}
+        collect = subprocess.run([str(staging / "python" / "bin" / "python"), "manage.py", "collectstatic",
+                                  "--noinput", "-v0"], cwd=source, env=env, capture_output=True, text=True)
+        if collect.returncode != 0:
+            report(f"collectstatic skipped: {project.settings} did not load without a tenant")
+        (staging / "RELEASE").write_text(f"{version}\n")
+        os.rename(staging, release)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return release
+
+
+def link_current(root: Path, version: str) -> None:
+    """Point `current` at the release atomically: a new symlink, then os.replace."""
+    temporary = root / f".current.tmp-{_secrets.token_hex(4)}"
+    os.symlink(f"releases/{version}", temporary)
+    os.replace(temporary, root / "current")
+
+
+def write_shared_tenant(project: Project, root: Path, tenant: Tenant, user: str, db: tuple[str, int]) -> Path:
+    """shared/tenants/NAME: the tenant's own files, its settings and wsgi.py, secrets and media."""
+    folder = root / "shared" / "tenants" / tenant.name
+    (folder / "www" / "content").mkdir(parents=True, exist_ok=True)
+    for entry in tenant.path.iterdir():  # the tenant's own apps and local_settings.py
+        if entry.name not in GENERATED and not entry.name.startswith("."):
+            target = folder / entry.name
+            if entry.is_dir():
+                shutil.copytree(entry, target, dirs_exist_ok=True)
+            else:
+                shutil.copy2(entry, target)
+    site_url = f"http://{tenant.primary_host}/"
+    atomic_write(folder / "settings.py", render_settings(project, tenant, site_url, *db))
+    atomic_write(folder / "wsgi.py", render_wsgi_script(tenant, root))
+    atomic_write(folder / "secrets.env", tenant.secrets_file.read_text(), mode=0o600)
+    uid, gid = _ids(user)
+    for path in (folder / "secrets.env", folder / "www" / "content"):
+        os.chown(path, uid, gid)  # the daemon process user reads its secrets and writes its media
+    os.chmod(folder / "www" / "content", 0o755)
+    return folder
+
+
+def apache_wsgi(project: Project, root: Path, version: str, listen_port: int = 80,
+                python: str = "/usr/bin/python3", user: str = "www-data",
+                report=lambda message: None) -> list[Tenant]:
+    """Build release VERSION, make it current, and write the seed's vhosts for every tenant."""
+    if not RELEASE_RE.match(version or ""):
+        raise ConfigError(f"release {version!r} is not a version such as 1.1.0 (letters, digits, . _ -)")
+    root = root.resolve()
+    apache_path(str(root))
+    if not Path(python).is_file():
+        raise ConfigError(f"{python} does not exist; mod_wsgi needs the Python it was built for (--python)")
+    _ids(user)
+    tenants = load_tenants(project)
+    db = (project.database.admin_host, project.database.admin_port)
+    with locked(project):
+        make_release(project, root, version, python, report)
+        link_current(root, version)
+        for tenant in tenants:
+            write_shared_tenant(project, root, tenant, user, db)
+        (root / "logs").mkdir(exist_ok=True)
+        conn = database.admin_connect(project)
+        try:
+            for tenant in tenants:
+                password = read_env_file(tenant.secrets_file)["TENANT_DB_PASSWORD"]
+                database.provision_database(conn, tenant.names, password)
+        finally:
+            conn.close()
+        current = root / "current"
+        for tenant in tenants:
+            report(f"migrating {tenant.name}")
+            _run([str(current / "python" / "bin" / "python"), "manage.py", "migrate", "--noinput",
+                  f"--settings={tenant.names.settings_module}"], f"migrating {tenant.name}",
+                 cwd=current / "source",
+                 env={**os.environ, "PYTHONPATH": str(root / "shared" / "tenants" / tenant.name)})
+        _write_vhosts(root, tenants, listen_port, user)
+        if project.proxy.reload_command:
+            _run(list(project.proxy.reload_command), "reloading Apache")
+    return tenants
+
+
+def _write_vhosts(root: Path, tenants: list[Tenant], listen_port: int, user: str) -> None:
+    folder = root / "apache"
+    folder.mkdir(exist_ok=True)
+    layout = ProxyLayout(listen_port, apache_path(str(root / "logs")), "", "", False)
+    sites = {"000-default.conf": render_default_vhost(layout)}
+    group = grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
+    for tenant in tenants:
+        sites[tenant.names.vhost] = render_wsgi_vhost(tenant, root, listen_port, user, group)
+    for name, text in sites.items():
+        atomic_write(folder / name, text)
+    for path in folder.glob("*.conf"):
+        if path.name not in sites:
+            path.unlink()
