@@ -23,11 +23,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def bench_project(name: str):
+def bench_project(name: str, **overrides):
     """A project folder with its own compose project name and ports; `down -v` at the end."""
     with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
-        root = write_project(Path(tmp), name=f"{name}{os.getpid()}",
-                             database__publish_port=free_port(), ports__first=free_port())
+        root = write_project(Path(tmp), name=f"{name}{os.getpid()}", database__publish_port=free_port(),
+                             ports__first=free_port(), **{"proxy__port": free_port(), **overrides})
         try:
             yield root
         finally:

@@ -38,6 +38,16 @@ def db_service(project: Project, tenants: list[Tenant]) -> dict:
     }
 
 
+def gunicorn_command(project: Project, tenant: Tenant) -> list[str]:
+    """gunicorn for one tenant. With a proxy, Apache keeps the per-tenant access log, so
+    gunicorn does not log each request again through Docker's log pipe."""
+    command = ["gunicorn", "--bind", f"0.0.0.0:{APP_PORT}", "--workers", str(tenant.workers),
+               "--threads", str(tenant.threads), "--preload", "--graceful-timeout", "20"]
+    if project.proxy.mode == "none":
+        command += ["--access-logfile", "-"]
+    return [*command, "django.core.wsgi:get_wsgi_application()"]
+
+
 def tenant_service(project: Project, tenant: Tenant, image: str) -> dict:
     """One tenant's container: the shared image, its own settings, secrets, media and network."""
     names = tenant.names
@@ -46,12 +56,7 @@ def tenant_service(project: Project, tenant: Tenant, image: str) -> dict:
     service = {
         "image": image,
         "pull_policy": "never",  # built locally by `tenant build`, never in a registry
-        "command": [
-            "gunicorn", "--bind", f"0.0.0.0:{APP_PORT}",
-            "--workers", str(tenant.workers), "--threads", str(tenant.threads),
-            "--preload", "--access-logfile", "-", "--graceful-timeout", "20",
-            "django.core.wsgi:get_wsgi_application()",
-        ],
+        "command": gunicorn_command(project, tenant),
         "env_file": [posixpath.join(folder, "secrets.env")],
         "environment": {
             "DJANGO_SETTINGS_MODULE": names.settings_module,
