@@ -32,7 +32,7 @@ demo: deps images
 	@echo
 	@$(TENANT) list
 	@echo
-	@echo "Try: curl -H 'Host: acme.localhost' http://127.0.0.1:8101/   (or open http://acme.localhost:8101/)"
+	@echo "Try: curl -H 'Host: acme.localhost' http://127.0.0.1:8080/   (or open http://acme.localhost:8080/)"
 
 demo-down:
 	$(TENANT) down --all
@@ -46,5 +46,6 @@ unit: deps
 integration: deps images host-services
 	$(PYTHON) -m pytest tests/integration
 
-bench: deps images
+bench: deps images host-services
 	$(PYTHON) bench/foundation.py
+	$(PYTHON) bench/proxy.py
