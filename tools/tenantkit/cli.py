@@ -170,6 +170,82 @@ def apache(ctx, mode, port, out, root, version, python, user):
     click.echo(f"add to your Apache config:  Include {root.resolve()}/apache/*.conf   (a2enmod wsgi)")
 
 
+@cli.command("set")
+@click.argument("name")
+@click.argument("assignments", nargs=-1, required=True, metavar="KEY=VALUE...")
+@click.pass_context
+def set_(ctx, name, assignments):
+    """Change a tenant: title, hosts, apps, memory, workers, threads, port. Apply with `tenant up NAME`.
+
+    Lists are comma-separated: tenant set acme hosts=acme.localhost,www.acme.example.com
+    """
+    from . import backups
+    tenant = backups.set_values(_project(ctx), name, assignments)
+    click.echo(f"{tenant.name}: tenant.yaml updated; apply it with `tenant up {tenant.name}`")
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every tenant.")
+@click.option("--with-secrets", is_flag=True, help="Include secrets.env (the archive is mode 0600).")
+@click.option("--json", "as_json", is_flag=True, help="Print the archive paths as JSON.")
+@click.pass_context
+def backup(ctx, names, all_, with_secrets, as_json):
+    """Archive tenants: database dump, media and tenant folder, with checksums."""
+    from . import backups
+    paths = backups.backup(_project(ctx), names, all_, with_secrets, report)
+    if as_json:
+        click.echo(json.dumps([str(p) for p in paths]))
+    for path in [] if as_json else paths:
+        click.echo(str(path))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--keep-data", is_flag=True,
+              help="Remove only the running parts (container, network, vhost); keep database and folder.")
+@click.pass_context
+def rm(ctx, name, yes, keep_data):
+    """Remove a tenant: archive it first, then drop its database and delete its folder."""
+    from . import backups
+    project = _project(ctx)
+    what = ("its container, network and vhost (data kept)" if keep_data else
+            f"archive it, then drop its database and role and delete tenants/{name}/")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError(f"removing {name} needs confirmation: pass --yes")
+        click.confirm(f"Remove tenant {name}: {what}?", abort=True, err=True)
+    saved = backups.rm(project, name, keep_data, report)
+    click.echo(f"removed {name}" + (f"; archive: {saved}" if saved else "; data kept"))
+
+
+@cli.command()
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option("--as", "as_name", metavar="NEW", help="Restore under a new name (with new credentials).")
+@click.option("--host", "hosts", multiple=True, metavar="HOST", help="Host(s) of the restored tenant.")
+@click.pass_context
+def restore(ctx, archive, as_name, hosts):
+    """Bring a tenant back from an archive made by `tenant backup` or `tenant rm`."""
+    from . import backups
+    project = _project(ctx)
+    tenant = backups.restore(project, archive, as_name, hosts, report)
+    click.echo(f"{tenant.name}\t{project.tenant_url(tenant)}")
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--host", "hosts", multiple=True, metavar="HOST", required=True, help="Host of the new tenant.")
+@click.pass_context
+def clone(ctx, src, dst, hosts):
+    """Create DST with a copy of SRC's database and media, and its own credentials."""
+    from . import backups
+    project = _project(ctx)
+    tenant = backups.clone(project, src, dst, hosts, report)
+    click.echo(f"{tenant.name}\t{project.tenant_url(tenant)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn errors into one line and an exit code."""
     argv = sys.argv[1:] if argv is None else argv

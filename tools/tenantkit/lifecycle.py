@@ -142,7 +142,8 @@ def render(project: Project) -> Rendered:
 
 
 def _render_locked(project: Project) -> Rendered:
-    tenants = load_tenants(project)
+    """Render the tenants that are enabled (a tenant removed with --keep-data is not)."""
+    tenants = [t for t in load_tenants(project) if t.enabled]
     context = builder.build_context(project, project.images.base)
     image = builder.image_tag(project, context)
     proxy_context = proxy_image = None
@@ -217,6 +218,9 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
     select(load_tenants(project), names, all_)  # bad names fail before anything else
     client = engine.connect()
     with locked(project):
+        for tenant in select(load_tenants(project), names, all_) if names else []:
+            if not tenant.enabled:  # `up` brings back a tenant removed with --keep-data
+                write_tenant_yaml(Tenant(**{**tenant.__dict__, "enabled": True}))
         rendered = _render_locked(project)
         chosen = select(rendered.tenants, names, all_)
         _ensure_images(client, project, rendered, report)
@@ -331,7 +335,8 @@ def status(project: Project) -> list[TenantStatus]:
     for tenant in tenants:
         state = states.get(tenant.names.service, engine.ABSENT)
         result.append(TenantStatus(
-            name=tenant.name, title=tenant.title, hosts=list(tenant.hosts), state=state.state,
+            name=tenant.name, title=tenant.title, hosts=list(tenant.hosts),
+            state=state.state if tenant.enabled else "disabled",
             health=state.health, url=project.tenant_url(tenant), port=tenant.port, database=tenant.names.database,
         ))
     return result

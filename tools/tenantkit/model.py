@@ -127,6 +127,7 @@ class Project:
     first_port: int
     defaults: TenantDefaults
     proxy: Proxy = Proxy()
+    backups_dir: Path | None = None
 
     @property
     def tenants_dir(self) -> Path:
@@ -181,6 +182,7 @@ class Tenant:
     threads: int
     apps: tuple[str, ...] = ()
     maintenance: bool = False
+    enabled: bool = True  # false after `tenant rm --keep-data`: data kept, nothing runs
     path: Path = field(default=Path("."), compare=False)
 
     @property
@@ -214,6 +216,7 @@ class Tenant:
             "threads": self.threads,
             "apps": list(self.apps),
             "maintenance": self.maintenance,
+            "enabled": self.enabled,
         }
 
 
@@ -484,6 +487,7 @@ def load_project(root: Path) -> Project:
         raise db.error("admin_password_file", "an external database server needs an admin_password_file")
 
     wheelhouse = top.get("wheelhouse", check_text, None)
+    backups = top.get("backups", check_text, "backups")
     ports = top.section("ports")
     first_port = ports.get("first", check_port, 8101)
     ports.done()
@@ -508,7 +512,7 @@ def load_project(root: Path) -> Project:
         root=root, name=name, source=source, settings=settings, requirements=requirements,
         health_path=health_path, domain=domain, images=images, database=database,
         wheelhouse=(root / wheelhouse) if wheelhouse else None, first_port=first_port,
-        defaults=defaults, proxy=proxy,
+        defaults=defaults, proxy=proxy, backups_dir=root / backups,
     )
 
 
@@ -550,6 +554,12 @@ def load_tenant(project: Project, name: str) -> Tenant:
     if not path.is_file():
         raise ConfigError(f"unknown tenant {name!r}: {display_path(path)} does not exist; see `tenant list`")
     data, lines = read_yaml(path)
+    return tenant_from_mapping(project, name, data, lines, path, folder)
+
+
+def tenant_from_mapping(project: Project, name: str, data: dict, lines: dict[str, int], path: Path,
+                        folder: Path) -> Tenant:
+    """Validate a parsed tenant.yaml (from the tenant folder, or from an archive)."""
     f = Fields(path, data, lines)
     declared = f.get("name", check_name, name)
     if declared != name:
@@ -567,6 +577,7 @@ def load_tenant(project: Project, name: str) -> Tenant:
         threads=f.get("threads", check_count, project.defaults.threads),
         apps=f.get("apps", _list_of(check_module), ()),
         maintenance=f.get("maintenance", _bool, False),
+        enabled=f.get("enabled", _bool, True),
         path=folder,
     )
     f.done()

@@ -6,7 +6,11 @@ import psycopg2.extensions
 from psycopg2 import sql
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
+import os
+import subprocess
+
 from ..model import ConfigError, Project, TenantNames
+from .engine import OperationFailed, compose_command, tail
 from .secrets import read_env_file
 
 
@@ -28,11 +32,13 @@ def _connect(**params) -> psycopg2.extensions.connection:
     return psycopg2.connect(**params)
 
 
-def admin_connect(project: Project, dbname: str = "postgres") -> psycopg2.extensions.connection:
+def admin_connect(project: Project, dbname: str = "postgres",
+                  retry: bool = True) -> psycopg2.extensions.connection:
     """An autocommit superuser connection, retried while the server starts."""
     db = project.database
-    conn = _connect(host=db.admin_host, port=db.admin_port, user=db.admin_user,
-                    password=admin_password(project), dbname=dbname, connect_timeout=3)
+    connect = _connect if retry else psycopg2.connect
+    conn = connect(host=db.admin_host, port=db.admin_port, user=db.admin_user,
+                   password=admin_password(project), dbname=dbname, connect_timeout=3)
     conn.autocommit = True
     return conn
 
@@ -64,3 +70,77 @@ def provision_database(conn, names: TenantNames, password: str) -> bool:
         cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(database))
         cur.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(database, role))
     return created
+
+
+def pg_client(project: Project, program: str, *args: str) -> tuple[list[str], dict]:
+    """The command (and environment) that runs a PostgreSQL client as the admin user:
+    inside the compose db service, or on this host for an external server."""
+    db = project.database
+    if db.service:
+        return [*compose_command(project), "exec", "-T", "db", program, "-U", db.admin_user, *args], {}
+    env = {"PGPASSWORD": admin_password(project), "PGHOST": db.host, "PGPORT": str(db.port),
+           "PGUSER": db.admin_user}
+    return [program, *args], env
+
+
+def dump_database(project: Project, names: TenantNames, target) -> None:
+    """pg_dump (custom format, without owners or grants) of the tenant's database into a file."""
+    command, env = pg_client(project, "pg_dump", "-Fc", "--no-owner", "--no-privileges", names.database)
+    with open(target, "wb") as out:
+        result = subprocess.run(command, stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **env})
+    if result.returncode != 0:
+        raise OperationFailed(f"pg_dump of {names.database} failed: {tail(result.stderr.decode(errors='replace'))}")
+
+
+def restore_database(project: Project, names: TenantNames, source) -> None:
+    """pg_restore a dump into the tenant's (new, empty) database, as its role, in one transaction."""
+    command, env = pg_client(project, "pg_restore", "--no-owner", "--no-privileges", f"--role={names.role}",
+                             "--single-transaction", "--exit-on-error", "-d", names.database)
+    with open(source, "rb") as dump:
+        result = subprocess.run(command, stdin=dump, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env={**os.environ, **env})
+    if result.returncode != 0:
+        raise OperationFailed(f"pg_restore into {names.database} failed: "
+                              f"{tail(result.stdout.decode(errors='replace'))}")
+
+
+def drop_database(conn, names: TenantNames) -> None:
+    """Drop the tenant's database (closing its connections) and its role."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (names.database,))
+        if cur.fetchone():
+            cur.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(names.database)))
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (names.role,))
+        if cur.fetchone():
+            cur.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(names.role)))
+
+
+def database_exists(conn, names: TenantNames) -> bool:
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (names.database,))
+        return cur.fetchone() is not None
+
+
+def database_sizes(conn) -> dict[str, int]:
+    """Bytes used by every database on the server, by name."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT datname, pg_database_size(datname) FROM pg_database WHERE NOT datistemplate")
+        return dict(cur.fetchall())
+
+
+def applied_migrations(project: Project, names: TenantNames) -> set[tuple[str, str]] | None:
+    """The (app, name) migrations recorded in the tenant's database; None when it has none yet."""
+    try:
+        conn = admin_connect(project, names.database, retry=False)
+    except psycopg2.OperationalError:
+        return None
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('django_migrations') IS NOT NULL")
+            if not cur.fetchone()[0]:
+                return None
+            cur.execute("SELECT app, name FROM django_migrations")
+            return set(cur.fetchall())
+    finally:
+        conn.close()
