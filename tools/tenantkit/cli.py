@@ -114,18 +114,100 @@ def list_(ctx, as_json):
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
+def print_outcomes(outcomes, folder: Path, verb: str, as_json: bool) -> None:
+    """The summary table (or JSON) of a fleet run; exit 1 naming the tenants that failed."""
+    if as_json:
+        click.echo(json.dumps([o.to_dict() for o in outcomes], indent=2))
+    else:
+        rows = [("TENANT", "RESULT", "SECONDS")] + [(o.tenant, o.result, f"{o.seconds:.2f}") for o in outcomes]
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        for row in rows:
+            click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    failed = [o for o in outcomes if o.failed]
+    for outcome in failed:
+        click.echo(f"--- {outcome.tenant} (exit {outcome.exit_code}):", err=True)
+        click.echo("\n".join(outcome.output.rstrip().splitlines()[-10:]), err=True)
+    if failed:
+        raise OperationFailed(f"{verb} failed for {', '.join(o.tenant for o in failed)}; "
+                              f"every tenant's output is in {folder}")
+
+
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.argument("name")
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--all", "all_", is_flag=True, help="Every tenant, in parallel.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="With --all: tenants at a time.")
+@click.option("--json", "as_json", is_flag=True, help="With --all: print the outcomes as JSON.")
+@click.argument("words", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def manage(ctx, name, args):
-    """Run a manage.py command for tenant NAME: tenant manage acme -- migrate --plan"""
-    if args[:1] == ("--",):
-        args = args[1:]
-    if not args:
+def manage(ctx, all_, jobs, as_json, words):
+    """Run a manage.py command: tenant manage acme -- migrate --plan | tenant manage --all -- check"""
+    words = list(words)
+    if all_:
+        command = words[1:] if words[:1] == ["--"] else words
+        if not command:
+            raise click.UsageError("give the manage.py command after --, such as: tenant manage --all -- check")
+        from . import fleet
+        outcomes, folder = fleet.manage_all(_project(ctx), command, jobs, report)
+        print_outcomes(outcomes, folder, "manage", as_json)
+        return
+    if not words or words[0] == "--":
+        raise click.UsageError("name a tenant (or pass --all), then the command: tenant manage acme -- check")
+    name, command = words[0], words[1:]
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
         raise click.UsageError("give the manage.py command after --, such as: tenant manage acme -- check")
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    ctx.exit(lifecycle.manage(_project(ctx), name, list(args), interactive))
+    ctx.exit(lifecycle.manage(_project(ctx), name, command, interactive))
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every tenant.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Tenants migrated at a time.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
+@click.pass_context
+def migrate(ctx, names, all_, jobs, as_json):
+    """Apply migrations; checks every tenant against the release at once and migrates only where needed."""
+    from . import fleet
+    outcomes, folder = fleet.migrate(_project(ctx), names, all_, jobs, report)
+    print_outcomes(outcomes, folder, "migrate", as_json)
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def status(ctx, names, as_json):
+    """State, health, image, memory, uptime and database size of tenants."""
+    rows = lifecycle.status_detail(_project(ctx), names)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+
+    def size(value):
+        return "-" if value is None else f"{value / 2**20:.1f}MiB"
+
+    table = [("NAME", "STATE", "HEALTH", "MEMORY", "UPTIME", "DB SIZE", "IMAGE")]
+    for r in rows:
+        table.append((r["name"], r["state"] + (" (maintenance)" if r["maintenance"] else ""), r["health"] or "-",
+                      "-" if r["memory_mib"] is None else f"{r['memory_mib']}MiB",
+                      "-" if r["uptime_seconds"] is None else f"{r['uptime_seconds']}s",
+                      size(r["database_bytes"]), r["image"] or "-"))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines.")
+@click.option("--tail", "lines", type=click.IntRange(0), default=100, show_default=True, help="Lines of each log.")
+@click.pass_context
+def logs(ctx, name, follow, lines):
+    """The tenant's container output, then its Apache access and error logs."""
+    ctx.exit(lifecycle.logs(_project(ctx), name, follow, lines))
 
 
 @cli.command()

@@ -5,11 +5,14 @@ through tenantkit.act; the CLI only parses arguments and prints what they return
 """
 from __future__ import annotations
 
+import datetime as dt
 import os
 import secrets as _secrets
 import shutil
 import socket
+import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -18,7 +21,7 @@ import yaml
 
 
 from .act import build as builder
-from .act import database, engine, health, proxy
+from .act import database, engine, health, migrations, proxy
 from .act.engine import OperationFailed, tail
 from .act.files import atomic_write, give_to_app_user, locked
 from .act.secrets import ensure_db_admin_secret, new_tenant_secrets, read_env_file, write_env_file
@@ -227,10 +230,11 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
         before = engine.service_states(client, project)
         _start_database(client, project, chosen, report)
         _provision(project, chosen, report)
-        for tenant in chosen:
+        states = engine.service_states(client, project)
+        for tenant in migrations.pending_tenants(project, chosen, states, rendered.image):
             report(f"migrating {tenant.name}")
             try:
-                _migrate(project, tenant)
+                _migrate(project, tenant, migrations.runs_current_image(states, tenant, rendered.image))
             except OperationFailed:
                 # A tenant that was absent stays absent: drop the container made for it.
                 if tenant.names.service not in before:
@@ -263,8 +267,10 @@ def _start_database(client, project: Project, tenants: list[Tenant], report: Rep
         engine.compose(project, "up", "-d", "--wait", "db")
         return
     if tenants:
-        # Create the tenants' networks (and containers, unstarted) without touching db.
-        engine.compose(project, "up", "--no-start", "--no-deps", *(t.names.service for t in tenants))
+        # Create the tenants' networks (and absent containers, unstarted) without touching db,
+        # and without recreating a running tenant: that is `up -d`'s job, after migrations.
+        engine.compose(project, "up", "--no-start", "--no-deps", "--no-recreate",
+                       *(t.names.service for t in tenants))
         engine.attach_to_networks(client, project, "db", [t.names.network for t in tenants])
 
 
@@ -282,14 +288,14 @@ def _provision(project: Project, tenants: list[Tenant], report: Report) -> None:
         conn.close()
 
 
-def _migrate(project: Project, tenant: Tenant) -> None:
-    """Apply migrations in a one-off container; a settings error fails here, loudly."""
-    result = engine.compose(project, "run", "--rm", "--no-deps", "-T", tenant.names.service,
-                            "python", "manage.py", "migrate", "--noinput", check=False)
-    if result.returncode != 0:
+def _migrate(project: Project, tenant: Tenant, running: bool) -> None:
+    """Apply migrations (in a one-off container of the new image unless the running one is
+    already on it); a settings error fails here, loudly."""
+    code, output = migrations.in_tenant(project, tenant, ["python", "manage.py", "migrate", "--noinput"], running)
+    if code != 0:
         raise OperationFailed(
-            f"tenant {tenant.name}: migrate failed (exit {result.returncode}), "
-            f"so it was not started. Last lines:\n{tail(result.stdout or '')}")
+            f"tenant {tenant.name}: migrate failed (exit {code}), so it was not started. "
+            f"Last lines:\n{tail(output)}")
 
 
 def down(project: Project, names: Iterable[str] = (), all_: bool = False,
@@ -400,3 +406,63 @@ def apache_proxy(project: Project, out: Path, listen_port: int, report: Report =
         for name, text in sites.items():
             atomic_write(out / name, text)
     return sorted(sites)
+
+
+# ---------------------------------------------------------------------------
+# status / logs
+
+def status_detail(project: Project, names: Iterable[str] = ()) -> list[dict]:
+    """State, health, image, memory, uptime and database size of tenants."""
+    tenants = load_tenants(project)
+    chosen = select(tenants, names, not names) if names else tenants
+    client = engine.connect()
+    states = engine.service_states(client, project)
+    sizes: dict[str, int] = {}
+    db_running = not project.database.service or states.get("db", engine.ABSENT).state == "running"
+    if db_running and chosen:
+        conn = database.admin_connect(project, retry=False)
+        try:
+            sizes = database.database_sizes(conn)
+        finally:
+            conn.close()
+
+    def detail(tenant: Tenant) -> dict:
+        state = states.get(tenant.names.service, engine.ABSENT)
+        row = {"name": tenant.name, "state": state.state if tenant.enabled else "disabled",
+               "health": state.health, "url": project.tenant_url(tenant), "image": None,
+               "memory_mib": None, "uptime_seconds": None, "maintenance": tenant.maintenance,
+               "database": tenant.names.database, "database_bytes": sizes.get(tenant.names.database)}
+        if state.container is not None:
+            row["image"] = state.container.attrs["Config"]["Image"]
+        if state.state == "running":
+            stats = state.container.stats(stream=False, one_shot=True).get("memory_stats", {})
+            inactive = stats.get("stats", {}).get("total_inactive_file", stats.get("stats", {}).get("inactive_file", 0))
+            row["memory_mib"] = round((stats.get("usage", 0) - inactive) / 2**20, 1)
+            started = state.container.attrs["State"]["StartedAt"]
+            since = dt.datetime.fromisoformat(started[:26].rstrip("Z") + "+00:00")
+            row["uptime_seconds"] = int((dt.datetime.now(dt.timezone.utc) - since).total_seconds())
+        return row
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(detail, chosen))
+
+
+def logs(project: Project, name: str, follow: bool = False, lines: int = 100) -> int:
+    """Print the tenant's container output, then its Apache access and error logs."""
+    tenant = select(load_tenants(project), [name], False)[0]
+    engine.connect()
+    apache = [project.logs_dir / f"{name}.access.log", project.logs_dir / f"{name}.error.log"]
+    apache = [str(path) for path in apache if path.exists()]
+    args = ["logs", "--no-color", "--tail", str(lines)] + (["--follow"] if follow else [])
+    if not follow:
+        code = engine.compose(project, *args, tenant.names.service, capture=False, check=False).returncode
+        for path in apache:
+            print(f"==> {path} <==", flush=True)
+            subprocess.run(["tail", "-n", str(lines), path])
+        return code
+    tails = subprocess.Popen(["tail", "-n", str(lines), "-F", *apache]) if apache else None
+    try:
+        return engine.compose(project, *args, tenant.names.service, capture=False, check=False).returncode
+    finally:
+        if tails:
+            tails.terminate()

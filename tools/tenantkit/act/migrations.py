@@ -1,0 +1,56 @@
+"""Which tenants need migrations, and running commands in a tenant's context."""
+from __future__ import annotations
+
+import json
+
+from ..model import Project, Tenant
+from . import database, engine
+from .engine import OperationFailed, tail
+
+
+def runs_current_image(states: dict, tenant: Tenant, image: str) -> bool:
+    state = states.get(tenant.names.service, engine.ABSENT)
+    return state.state == "running" and state.container.attrs["Config"]["Image"] == image
+
+
+def in_tenant(project: Project, tenant: Tenant, command: list[str], running: bool) -> tuple[int, str]:
+    """Run a command in the tenant's context: its running container, or a one-off one."""
+    argv = ["exec", "-T", tenant.names.service] if running else ["run", "--rm", "--no-deps", "-T", tenant.names.service]
+    result = engine.compose(project, *argv, *command, check=False)
+    return result.returncode, result.stdout or ""
+
+
+def migration_graphs(project: Project, tenants: list[Tenant], states: dict, image: str) -> dict[tuple, list]:
+    """The release's migration graph for each distinct set of extra apps (usually one)."""
+    graphs: dict[tuple, list] = {}
+    for tenant in tenants:
+        if tenant.apps in graphs:
+            continue
+        code, output = in_tenant(project, tenant, ["python", "/opt/tenantkit/migration_graph.py"],
+                                 runs_current_image(states, tenant, image))
+        if code != 0:
+            raise OperationFailed(f"reading the migration graph (as tenant {tenant.name}) failed:\n{tail(output)}")
+        graphs[tenant.apps] = json.loads(output.strip().splitlines()[-1])
+    return graphs
+
+
+def needs_migrate(graph: list, applied: set | None) -> bool:
+    """True when some migration of the graph is not recorded (a squash counts when all it replaces are)."""
+    if applied is None:
+        return True
+    for app, name, replaces in graph:
+        if (app, name) not in applied and not (replaces and all(tuple(r) in applied for r in replaces)):
+            return True
+    return False
+
+
+def pending_tenants(project: Project, tenants: list[Tenant], states: dict, image: str) -> list[Tenant]:
+    """The tenants whose databases lack a migration of `image`'s code.
+
+    A tenant with no migrations recorded needs them without asking the code; for the
+    others one look at the release's graph answers for all of them at once.
+    """
+    applied = {t.name: database.applied_migrations(project, t.names) for t in tenants}
+    known = [t for t in tenants if applied[t.name] is not None]
+    graphs = migration_graphs(project, known, states, image) if known else {}
+    return [t for t in tenants if applied[t.name] is None or needs_migrate(graphs[t.apps], applied[t.name])]
