@@ -328,6 +328,19 @@ def clone(ctx, src, dst, hosts):
     click.echo(f"{tenant.name}\t{project.tenant_url(tenant)}")
 
 
+@cli.command("import")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--move", is_flag=True, help="Move the media instead of copying it.")
+@click.pass_context
+def import_(ctx, path, move):
+    """Import tenants from the classic layout (PATH/shared/tenants/*/settings.py)."""
+    from .importer import import_classic
+    tenants = import_classic(_project(ctx), path, move, report)
+    for tenant in tenants:
+        click.echo(f"{tenant.name}\t{', '.join(tenant.hosts)}\tdatabase {tenant.names.database}")
+    click.echo(f"start them with: tenant up {' '.join(t.name for t in tenants)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn errors into one line and an exit code."""
     argv = sys.argv[1:] if argv is None else argv

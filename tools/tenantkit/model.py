@@ -50,14 +50,18 @@ class TenantNames:
     settings_module: str
 
 
-def tenant_names(name: str) -> TenantNames:
-    """Derive the compose service, network, database, role and file names of a tenant."""
+def tenant_names(name: str, database: str | None = None, role: str | None = None) -> TenantNames:
+    """Derive the compose service, network, database, role and file names of a tenant.
+
+    Database and role default to the name; a tenant imported from the classic layout
+    keeps the ones it had (tenant.yaml `database: {name, user}`).
+    """
     return TenantNames(
         tenant=name,
         service=f"tenant-{name}",
         network=f"tenant-{name}",
-        database=name,
-        role=name,
+        database=database or name,
+        role=role or database or name,
         vhost=f"{name}.conf",
         settings_module=f"tenants.{name}.settings",
     )
@@ -183,11 +187,13 @@ class Tenant:
     apps: tuple[str, ...] = ()
     maintenance: bool = False
     enabled: bool = True  # false after `tenant rm --keep-data`: data kept, nothing runs
+    database: str | None = None  # an existing database's name (imported tenants)
+    db_user: str | None = None
     path: Path = field(default=Path("."), compare=False)
 
     @property
     def names(self) -> TenantNames:
-        return tenant_names(self.name)
+        return tenant_names(self.name, self.database, self.db_user)
 
     @property
     def primary_host(self) -> str:
@@ -217,6 +223,8 @@ class Tenant:
             "apps": list(self.apps),
             "maintenance": self.maintenance,
             "enabled": self.enabled,
+            **({"database": {"name": self.names.database, "user": self.names.role}}
+               if self.database or self.db_user else {}),
         }
 
 
@@ -580,8 +588,19 @@ def tenant_from_mapping(project: Project, name: str, data: dict, lines: dict[str
         enabled=f.get("enabled", _bool, True),
         path=folder,
     )
+    db = f.section("database")
+    tenant = Tenant(**{**tenant.__dict__, "database": db.get("name", check_db_identifier, None),
+                       "db_user": db.get("user", check_db_identifier, None)})
+    db.done()
     f.done()
     return tenant
+
+
+def check_db_identifier(value: Any) -> str:
+    """An existing PostgreSQL database or role name (imported tenants)."""
+    if not isinstance(value, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$", value):
+        raise ValueError(f"{value!r} is not a PostgreSQL identifier")
+    return value
 
 
 def tenant_folder_names(project: Project) -> list[str]:
