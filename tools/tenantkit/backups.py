@@ -95,11 +95,15 @@ def _ensure_database_running(client, project: Project) -> None:
         lifecycle._start_database(client, project, [], _quiet)
 
 
+def check_backups_folder(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"the backups folder {display_path(folder)} is not a folder; fix `backups` in tenantkit.yaml")
+
+
 def write_backup(project: Project, tenant: Tenant, secrets: bool, folder: Path | None = None) -> Path:
     """Dump the tenant's database and pack it with its media and folder into one archive."""
     folder = folder or project.backups_dir
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"the backups folder {display_path(folder)} is not a folder; fix `backups` in tenantkit.yaml")
+    check_backups_folder(folder)
     project.state_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=project.state_dir, prefix="backup-") as tmp:
         dump = Path(tmp) / archive.DUMP
@@ -116,6 +120,7 @@ def backup(project: Project, names: Iterable[str] = (), all_: bool = False, secr
            report: Report = _quiet) -> list[Path]:
     """Archive tenants: database dump, media and folder (secrets only when asked)."""
     chosen = lifecycle.select(load_tenants(project), names, all_)
+    check_backups_folder(project.backups_dir)
     client = engine.connect() if project.database.service else None
     paths = []
     with locked(project):
@@ -145,6 +150,8 @@ def rm(project: Project, name: str, keep_data: bool = False, report: Report = _q
     """Archive the tenant (with its secrets), then drop its database and role and delete its
     container, network, vhost and folder. With keep_data, only the running parts go."""
     lifecycle.select(load_tenants(project), [name], False)
+    if not keep_data:
+        check_backups_folder(project.backups_dir)
     client = engine.connect()
     with locked(project):
         tenant = load_tenant(project, name)
