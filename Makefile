@@ -49,3 +49,4 @@ integration: deps images host-services
 bench: deps images host-services
 	$(PYTHON) bench/foundation.py
 	$(PYTHON) bench/proxy.py
+	$(PYTHON) bench/lifecycle.py
