@@ -16,9 +16,10 @@ import yaml
 
 from . import lifecycle
 from .act import archive, database, engine, proxy
-from .act.files import APP_UID, give_to_app_user, locked
+from .act.files import give_tree_to_app_user, locked
 from .act.secrets import new_tenant_secrets, read_env_file, write_env_file
 from .model import (SECRETS_FILE, TENANT_FILE, ConfigError, Project, Tenant, check_count, check_host,
+                    check_hosts_free,
                     check_memory, check_module, check_name, check_port, check_title, display_path,
                     load_tenant, load_tenants, tenant_from_mapping)
 
@@ -66,13 +67,9 @@ def set_values(project: Project, name: str, assignments: Iterable[str]) -> Tenan
         tenants = load_tenants(project)
         tenant = lifecycle.select(tenants, [name], False)[0]
         changed = Tenant(**{**tenant.__dict__, **changes})
+        check_hosts_free(changed.hosts, tenants, except_name=name)
         for other in tenants:
-            if other.name == name:
-                continue
-            clash = set(other.hosts) & set(changed.hosts)
-            if clash:
-                raise ConfigError(f"host {clash.pop()!r} is already used by tenant {other.name!r}")
-            if other.port == changed.port:
+            if other.name != name and other.port == changed.port:
                 raise ConfigError(f"port {changed.port} is already used by tenant {other.name!r}")
         lifecycle.write_tenant_yaml(changed)
         lifecycle._render_locked(project)
@@ -220,11 +217,7 @@ def restore(project: Project, source: Path, as_name: str | None = None, hosts: I
                                   f"--as NEW --host HOST, or remove it first with `tenant rm {name}`")
             others = load_tenants(project)
             tenant = _archived_tenant(project, unpacked, manifest, name, hosts, folder)
-            for other in others:
-                clash = set(other.hosts) & set(tenant.hosts)
-                if clash:
-                    raise ConfigError(f"host {clash.pop()!r} is already used by tenant {other.name!r}; "
-                                      "choose another with --host")
+            check_hosts_free(tenant.hosts, others)
             if tenant.port in {o.port for o in others} or not lifecycle._port_is_free(tenant.port):
                 tenant = Tenant(**{**tenant.__dict__, "port": lifecycle.next_port(project, others)})
             _ensure_database_running(client, project)
@@ -260,12 +253,7 @@ def _restore_into(project: Project, conn, unpacked: Path, manifest: archive.Mani
         staged = Tenant(**{**tenant.__dict__, "path": staging})
         lifecycle.write_tenant_yaml(staged)
         archive.place_media(unpacked, staged.media_dir)
-        give_to_app_user(staged.media_dir)
-        for path in staged.media_dir.rglob("*"):
-            try:
-                os.chown(path, APP_UID, APP_UID)
-            except PermissionError:
-                pass
+        give_tree_to_app_user(staged.media_dir)
         database.provision_database(conn, tenant.names, values["TENANT_DB_PASSWORD"])
         created = True
         database.restore_database(project, tenant.names, unpacked / archive.DUMP)
@@ -291,10 +279,7 @@ def clone(project: Project, src: str, dst: str, hosts: Iterable[str], report: Re
         raise ConfigError(f"tenant {dst!r} already exists; choose another name")
     if not checked:
         raise ConfigError("a clone needs its own host: pass --host HOST")
-    for other in tenants:
-        clash = set(other.hosts) & set(checked)
-        if clash:
-            raise ConfigError(f"host {clash.pop()!r} is already used by tenant {other.name!r}; choose another --host")
+    check_hosts_free(checked, tenants)
     client = engine.connect() if project.database.service else None
     with tempfile.TemporaryDirectory(dir=project.state_dir, prefix="clone-") as tmp:
         with locked(project):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import lifecycle
-from .act.files import APP_UID, give_to_app_user, locked
+from .act.files import give_tree_to_app_user, locked
 from .act.secrets import new_tenant_secrets, write_env_file
 from .model import (ConfigError, Project, Tenant, check_db_identifier, check_host, check_module, check_name,
                     check_title, display_path, load_tenants)
@@ -179,12 +179,7 @@ def _write(project: Project, plan: Plan, tenant: Tenant, move: bool) -> None:
         if plan.media is not None:
             shutil.copytree(plan.media, media)
         media.mkdir(exist_ok=True)
-        give_to_app_user(media)
-        for item in media.rglob("*"):
-            try:
-                os.chown(item, APP_UID, APP_UID)
-            except PermissionError:
-                pass
+        give_tree_to_app_user(media)
         os.rename(staging, tenant.path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

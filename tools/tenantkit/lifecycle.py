@@ -25,7 +25,7 @@ from .act import database, engine, health, migrations, proxy
 from .act.engine import OperationFailed, tail
 from .act.files import atomic_write, give_to_app_user, locked
 from .act.secrets import ensure_db_admin_secret, new_tenant_secrets, read_env_file, write_env_file
-from .model import (TENANT_FILE, ConfigError, Project, Tenant, check_host, check_memory,
+from .model import (TENANT_FILE, ConfigError, Project, Tenant, check_host, check_hosts_free, check_memory,
                     check_name, check_title, display_path, load_tenants)
 from .render.apache import host_layout, release_of, render_sites
 from .render.compose import dump_compose, render_compose
@@ -84,11 +84,7 @@ def new(project: Project, name: str, hosts: Iterable[str] = (), title: str | Non
             raise ConfigError(f"tenant {name!r} already exists ({display_path(folder)}); "
                               f"choose another name, or change it with `tenant up {name}`")
         others = load_tenants(project)
-        for other in others:
-            for host in hosts:
-                if host in other.hosts:
-                    raise ConfigError(f"host {host!r} is already used by tenant {other.name!r}; "
-                                      "choose another --host")
+        check_hosts_free(hosts, others)
         tenant = Tenant(
             name=name, hosts=hosts, title=title, port=next_port(project, others), memory=memory,
             workers=workers or project.defaults.workers, threads=project.defaults.threads,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
@@ -636,3 +636,13 @@ def check_unique(tenants: list[Tenant]) -> None:
                 f"port {tenant.port} is claimed by both {ports[tenant.port]!r} and {tenant.name!r}; "
                 f"change it in one tenant.yaml")
         ports[tenant.port] = tenant.name
+
+
+def check_hosts_free(hosts: Iterable[str], others: Iterable[Tenant], except_name: str | None = None) -> None:
+    """Refuse a host another tenant already answers on."""
+    wanted = set(hosts)
+    for other in others:
+        clash = wanted & set(other.hosts) if other.name != except_name else set()
+        if clash:
+            raise ConfigError(f"host {sorted(clash)[0]!r} is already used by tenant {other.name!r}; "
+                              "choose another --host")

@@ -48,6 +48,16 @@ def give_to_app_user(path: Path) -> None:
         os.chmod(path, 0o777)
 
 
+def give_tree_to_app_user(path: Path) -> None:
+    """give_to_app_user for a media folder and everything in it (restored or imported files)."""
+    give_to_app_user(path)
+    for item in path.rglob("*"):
+        try:
+            os.chown(item, APP_UID, APP_UID, follow_symlinks=False)
+        except PermissionError:
+            pass
+
+
 def project_lock(project: Project) -> filelock.FileLock:
     """The lock every state-changing command holds, so concurrent runs cannot interleave."""
     project.state_dir.mkdir(parents=True, exist_ok=True)
