@@ -37,7 +37,7 @@ WORKDIR /app
 # seed); they are staged in /opt/tenantkit/assets, where `tenant up` extracts them from.
 # A project whose settings cannot load at build time simply ships none.
 ARG SETTINGS_MODULE=main.settings
-RUN mkdir -p /app/tenants /opt/tenantkit/assets \
+RUN mkdir -p /srv/tenants /opt/tenantkit/assets \
  && export DJANGO_SETTINGS_MODULE=$SETTINGS_MODULE \
  && if python manage.py collectstatic --noinput -v0; then \
         static_root=$(python -c 'from django.conf import settings; print(settings.STATIC_ROOT or "")'); \

@@ -104,7 +104,7 @@ def test_manage_runs_a_command_in_the_tenants_context(stack):
     assert "[X] 0001_initial" in run.out
     run = stack.ok("manage", "beta", "--", "shell", "-c",
                    "from django.conf import settings; print(settings.SITE_TITLE, settings.MEDIA_ROOT)")
-    assert "Beta & Sons /app/tenants/beta/www/content" in run.out
+    assert "Beta & Sons /srv/tenants/beta/www/content" in run.out
     assert stack.cli("manage", "alpha", "--", "nosuchcommand").code != 0
 
 

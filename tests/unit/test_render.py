@@ -38,11 +38,11 @@ def test_tenants_publish_on_loopback_only(project):
 def test_the_settings_module_is_mounted_read_only_and_media_writable(project):
     service = render_compose(project, [tenant(project, "acme", 8101)], "img")["services"]["tenant-acme"]
     folder, media = service["volumes"]
-    assert folder == {"type": "bind", "source": "../tenants/acme", "target": "/app/tenants/acme",
+    assert folder == {"type": "bind", "source": "../tenants/acme", "target": "/srv/tenants/acme",
                       "read_only": True}
-    assert media["target"] == "/app/tenants/acme/www/content" and "read_only" not in media
+    assert media["target"] == "/srv/tenants/acme/www/content" and "read_only" not in media
     assert service["environment"]["DJANGO_SETTINGS_MODULE"] == "tenants.acme.settings"
-    assert service["environment"]["PYTHONPATH"] == "/app/tenants/acme"
+    assert service["environment"]["PYTHONPATH"] == "/srv:/srv/tenants/acme"
 
 
 def test_secrets_reach_containers_through_env_files_only(project):

@@ -128,8 +128,8 @@ def print_outcomes(outcomes, folder: Path, verb: str, as_json: bool) -> None:
         click.echo(f"--- {outcome.tenant} (exit {outcome.exit_code}):", err=True)
         click.echo("\n".join(outcome.output.rstrip().splitlines()[-10:]), err=True)
     if failed:
-        raise OperationFailed(f"{verb} failed for {', '.join(o.tenant for o in failed)}; "
-                              f"every tenant's output is in {folder}")
+        raise OperationFailed(f"{verb} failed for {', '.join(o.tenant for o in failed)}"
+                              + (f"; every tenant's output is in {folder}" if folder.name != ".tenantkit" else ""))
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -339,6 +339,78 @@ def import_(ctx, path, move):
     for tenant in tenants:
         click.echo(f"{tenant.name}\t{', '.join(tenant.hosts)}\tdatabase {tenant.names.database}")
     click.echo(f"start them with: tenant up {' '.join(t.name for t in tenants)}")
+
+
+@cli.group()
+def release():
+    """Build releases: immutable images of the project's code."""
+
+
+@release.command("build")
+@click.argument("version")
+@click.option("--force", is_flag=True, help="Rebuild an existing release (releases are otherwise immutable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the release record as JSON.")
+@click.pass_context
+def release_build(ctx, version, force, as_json):
+    """Build the image of the current code as release VERSION."""
+    from . import releases
+    record = releases.build_release(_project(ctx), version, force, report)
+    click.echo(json.dumps(record, indent=2) if as_json else
+               f"release {record['version']}: {record['image']} (source {record['revision'] or 'not a git checkout'})")
+
+
+@cli.command("releases")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def releases_(ctx, as_json):
+    """List releases, which one is current, and which tenants run which."""
+    from . import releases
+    rows = releases.list_releases(_project(ctx))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = [("", "VERSION", "BUILT", "REVISION", "TENANTS")]
+    table += [("*" if r["current"] else "", r["version"], r["built"], (r["revision"] or "-")[:12],
+               ",".join(r["tenants"]) or "-") for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+@cli.command()
+@click.argument("version")
+@click.argument("names", nargs=-1)
+@click.option("--keep-going", is_flag=True, help="Carry on with other tenants after one fails.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 16), default=2, show_default=True, help="Tenants at a time.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
+@click.pass_context
+def deploy(ctx, version, names, keep_going, jobs, as_json):
+    """Deploy release VERSION to tenants (default: all but pinned ones), without downtime."""
+    from . import releases
+    outcomes = releases.deploy(_project(ctx), version, names, keep_going, jobs, report)
+    print_outcomes(outcomes, Path(".tenantkit"), "deploy", as_json)
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
+@click.pass_context
+def rollback(ctx, names, as_json):
+    """Return tenants (default: all that have one) to their previous release."""
+    from . import releases
+    outcomes = releases.rollback(_project(ctx), names, report)
+    print_outcomes(outcomes, Path(".tenantkit"), "rollback", as_json)
+
+
+@cli.command()
+@click.argument("switch", type=click.Choice(["on", "off"]))
+@click.pass_context
+def dev(ctx, switch):
+    """Development mode: every tenant runs the working tree with reloading (off: their releases)."""
+    from . import releases
+    project = _project(ctx)
+    for tenant in releases.dev(project, switch == "on", report):
+        click.echo(f"{tenant.name}\t{project.tenant_url(tenant)}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 
 from . import lifecycle
 from .act import database, engine
-from .act.migrations import in_tenant, migration_graphs, needs_migrate, runs_current_image
+from .act.migrations import graph_key, in_tenant, migration_graphs, needs_migrate, runs_current_image
 from .act.files import locked
 from .model import Project, Tenant, load_tenants
 
@@ -75,15 +75,16 @@ def migrate(project: Project, names: Iterable[str] = (), all_: bool = False, job
         lifecycle._start_database(client, project, chosen, report)
         lifecycle._provision(project, chosen, lambda message: None)
         states = engine.service_states(client, project)
-        graphs = migration_graphs(project, chosen, states, rendered.image)
+        graphs = migration_graphs(project, chosen, states, rendered.images)
         folder = run_dir(project, "migrate")
 
         def work(tenant: Tenant) -> Outcome:
             started = time.monotonic()
-            if not needs_migrate(graphs[tenant.apps], database.applied_migrations(project, tenant.names)):
+            if not needs_migrate(graphs[graph_key(tenant, rendered.images)],
+                                 database.applied_migrations(project, tenant.names)):
                 return Outcome(tenant.name, "up-to-date", time.monotonic() - started)
             code, output = in_tenant(project, tenant, ["python", "manage.py", "migrate", "--noinput"],
-                                     runs_current_image(states, tenant, rendered.image))
+                                     runs_current_image(states, tenant, rendered.images[tenant.name]))
             return Outcome(tenant.name, "ok" if code == 0 else "failed", time.monotonic() - started, output, code)
 
         return across(chosen, work, jobs, folder, report), folder
@@ -104,7 +105,7 @@ def manage_all(project: Project, args: list[str], jobs: int = 4,
     def work(tenant: Tenant) -> Outcome:
         started = time.monotonic()
         code, output = in_tenant(project, tenant, ["python", "manage.py", *args],
-                                 runs_current_image(states, tenant, rendered.image))
+                                 runs_current_image(states, tenant, rendered.images[tenant.name]))
         return Outcome(tenant.name, "ok" if code == 0 else "failed", time.monotonic() - started, output, code)
 
     return across(rendered.tenants, work, jobs, folder, report), folder

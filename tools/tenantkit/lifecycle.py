@@ -21,7 +21,7 @@ import yaml
 
 
 from .act import build as builder
-from .act import database, engine, health, migrations, proxy
+from .act import database, engine, health, migrations, proxy, releases
 from .act.engine import OperationFailed, tail
 from .act.files import atomic_write, give_to_app_user, locked
 from .act.secrets import ensure_db_admin_secret, new_tenant_secrets, read_env_file, write_env_file
@@ -129,9 +129,10 @@ def _write_tenant_files(project: Project, tenant: Tenant, fresh: bool = False) -
 class Rendered:
     tenants: list[Tenant]
     context: builder.BuildContext
-    image: str
+    image: str  # the working tree's image
     proxy_context: builder.BuildContext | None
     proxy_image: str | None
+    images: dict[str, str]  # the image each tenant runs (a release, or the working tree's)
 
 
 def render(project: Project) -> Rendered:
@@ -140,11 +141,13 @@ def render(project: Project) -> Rendered:
         return _render_locked(project)
 
 
-def _render_locked(project: Project) -> Rendered:
+def _render_locked(project: Project, backends: dict[str, str] | None = None) -> Rendered:
     """Render the tenants that are enabled (a tenant removed with --keep-data is not)."""
     tenants = [t for t in load_tenants(project) if t.enabled]
     context = builder.build_context(project, project.images.base)
     image = builder.image_tag(project, context)
+    state = releases.load_state(project)
+    images = {t.name: releases.image_for(project, state, t, image) for t in tenants}
     proxy_context = proxy_image = None
     if project.proxy.mode == "compose":
         proxy_context = builder.proxy_context(project)
@@ -154,11 +157,11 @@ def _render_locked(project: Project) -> Rendered:
     if project.database.service:
         ensure_db_admin_secret(project.db_env_file)
     if project.proxy.mode != "none":
-        proxy.write_sites(project, render_sites(project, tenants, image))
+        proxy.write_sites(project, render_sites(project, tenants, images, backends=backends))
         for folder in (project.logs_dir, project.assets_dir):
             folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(project.compose_file, dump_compose(render_compose(project, tenants, image, proxy_image)))
-    return Rendered(tenants, context, image, proxy_context, proxy_image)
+    atomic_write(project.compose_file, dump_compose(render_compose(project, tenants, images, proxy_image)))
+    return Rendered(tenants, context, image, proxy_context, proxy_image, images)
 
 
 # ---------------------------------------------------------------------------
@@ -175,8 +178,16 @@ def build(project: Project, report: Report = _quiet, force: bool = False) -> str
 
 def _ensure_images(client, project: Project, rendered: Rendered, report: Report,
                    force: bool = False, assets: bool = False) -> None:
-    """Build the shared image (and the proxy's) when missing or out of date."""
-    builds = [(rendered.context, rendered.image, project.images.base, {"SETTINGS_MODULE": project.settings})]
+    """Build the working tree's image (when a tenant runs it) and the proxy's when missing or
+    out of date; a release's image must exist already."""
+    in_use = set(rendered.images.values())
+    builds = []
+    if force or rendered.image in in_use or not in_use:
+        builds.append((rendered.context, rendered.image, project.images.base, {"SETTINGS_MODULE": project.settings}))
+    for tag in sorted(in_use - {rendered.image}):
+        if not builder.image_exists(client, tag):
+            raise ConfigError(f"the image of release {tag.rpartition(':')[2]} ({tag}) is missing on this engine; "
+                              f"rebuild it with `tenant release build {tag.rpartition(':')[2]} --force`")
     if rendered.proxy_context is not None:
         builds.append((rendered.proxy_context, rendered.proxy_image, project.images.proxy_base, {}))
     for context, tag, base, args in builds:
@@ -186,7 +197,8 @@ def _ensure_images(client, project: Project, rendered: Rendered, report: Report,
             builder.build_image(client, context, tag, base, args, on_step=lambda step: report(f"  {step}"))
             report(f"built {tag} in {time.monotonic() - started:.1f}s")
     if assets or project.proxy.mode != "none":
-        builder.extract_assets(client, rendered.image, project.assets_dir / release_of(rendered.image))
+        for tag in in_use or {rendered.image}:
+            builder.extract_assets(client, tag, project.assets_dir / release_of(tag))
 
 
 # ---------------------------------------------------------------------------
@@ -227,10 +239,10 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
         _start_database(client, project, chosen, report)
         _provision(project, chosen, report)
         states = engine.service_states(client, project)
-        for tenant in migrations.pending_tenants(project, chosen, states, rendered.image):
+        for tenant in migrations.pending_tenants(project, chosen, states, rendered.images):
             report(f"migrating {tenant.name}")
             try:
-                _migrate(project, tenant, migrations.runs_current_image(states, tenant, rendered.image))
+                _migrate(project, tenant, migrations.runs_current_image(states, tenant, rendered.images[tenant.name]))
             except OperationFailed:
                 # A tenant that was absent stays absent: drop the container made for it.
                 if tenant.names.service not in before:
@@ -397,7 +409,7 @@ def apache_proxy(project: Project, out: Path, listen_port: int, report: Report =
     with locked(project):
         rendered = _render_locked(project)
         _ensure_images(client, project, rendered, report, assets=True)
-        sites = render_sites(project, rendered.tenants, rendered.image, host_layout(project, listen_port))
+        sites = render_sites(project, rendered.tenants, rendered.images, host_layout(project, listen_port))
         project.logs_dir.mkdir(parents=True, exist_ok=True)
         for name, text in sites.items():
             atomic_write(out / name, text)

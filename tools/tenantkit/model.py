@@ -132,6 +132,11 @@ class Project:
     defaults: TenantDefaults
     proxy: Proxy = Proxy()
     backups_dir: Path | None = None
+    dev: bool = False  # `tenant dev on`: tenants run the working tree with reloading
+
+    @property
+    def releases_file(self) -> Path:
+        return self.state_dir / "releases.json"
 
     @property
     def tenants_dir(self) -> Path:
@@ -187,6 +192,7 @@ class Tenant:
     apps: tuple[str, ...] = ()
     maintenance: bool = False
     enabled: bool = True  # false after `tenant rm --keep-data`: data kept, nothing runs
+    release: str | None = None  # a pinned release: `tenant deploy` skips it unless named
     database: str | None = None  # an existing database's name (imported tenants)
     db_user: str | None = None
     path: Path = field(default=Path("."), compare=False)
@@ -223,6 +229,7 @@ class Tenant:
             "apps": list(self.apps),
             "maintenance": self.maintenance,
             "enabled": self.enabled,
+            **({"release": self.release} if self.release else {}),
             **({"database": {"name": self.names.database, "user": self.names.role}}
                if self.database or self.db_user else {}),
         }
@@ -521,6 +528,7 @@ def load_project(root: Path) -> Project:
         health_path=health_path, domain=domain, images=images, database=database,
         wheelhouse=(root / wheelhouse) if wheelhouse else None, first_port=first_port,
         defaults=defaults, proxy=proxy, backups_dir=root / backups,
+        dev=(root / ".tenantkit" / "dev").exists(),
     )
 
 
@@ -586,6 +594,7 @@ def tenant_from_mapping(project: Project, name: str, data: dict, lines: dict[str
         apps=f.get("apps", _list_of(check_module), ()),
         maintenance=f.get("maintenance", _bool, False),
         enabled=f.get("enabled", _bool, True),
+        release=f.get("release", check_release, None),
         path=folder,
     )
     db = f.section("database")
@@ -594,6 +603,17 @@ def tenant_from_mapping(project: Project, name: str, data: dict, lines: dict[str
     db.done()
     f.done()
     return tenant
+
+
+RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_release(value: Any) -> str:
+    """A release version: it becomes an image tag, so letters, digits, '.', '_' and '-'."""
+    value = str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    if not isinstance(value, str) or not RELEASE_RE.match(value):
+        raise ValueError(f"{value!r} is not a release version such as 1.2.0 (letters, digits, . _ -)")
+    return value
 
 
 def check_db_identifier(value: Any) -> str:

@@ -117,6 +117,14 @@ def image_tag(project: Project, context: BuildContext, repository: str | None = 
     return f"{repository or project.images.app}:src-{context.short}"
 
 
+def image_exists(client: docker.DockerClient, tag: str) -> bool:
+    try:
+        client.images.get(tag)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
 def image_is_current(client: docker.DockerClient, tag: str, context: BuildContext) -> bool:
     try:
         image = client.images.get(tag)

@@ -20,17 +20,23 @@ def in_tenant(project: Project, tenant: Tenant, command: list[str], running: boo
     return result.returncode, result.stdout or ""
 
 
-def migration_graphs(project: Project, tenants: list[Tenant], states: dict, image: str) -> dict[tuple, list]:
-    """The release's migration graph for each distinct set of extra apps (usually one)."""
+def graph_key(tenant: Tenant, images: dict[str, str]) -> tuple:
+    return images[tenant.name], tenant.apps
+
+
+def migration_graphs(project: Project, tenants: list[Tenant], states: dict,
+                     images: dict[str, str]) -> dict[tuple, list]:
+    """The migration graph of each distinct (image, extra apps) among the tenants (usually one)."""
     graphs: dict[tuple, list] = {}
     for tenant in tenants:
-        if tenant.apps in graphs:
+        key = graph_key(tenant, images)
+        if key in graphs:
             continue
         code, output = in_tenant(project, tenant, ["python", "/opt/tenantkit/migration_graph.py"],
-                                 runs_current_image(states, tenant, image))
+                                 runs_current_image(states, tenant, images[tenant.name]))
         if code != 0:
             raise OperationFailed(f"reading the migration graph (as tenant {tenant.name}) failed:\n{tail(output)}")
-        graphs[tenant.apps] = json.loads(output.strip().splitlines()[-1])
+        graphs[key] = json.loads(output.strip().splitlines()[-1])
     return graphs
 
 
@@ -44,7 +50,7 @@ def needs_migrate(graph: list, applied: set | None) -> bool:
     return False
 
 
-def pending_tenants(project: Project, tenants: list[Tenant], states: dict, image: str) -> list[Tenant]:
+def pending_tenants(project: Project, tenants: list[Tenant], states: dict, images: dict[str, str]) -> list[Tenant]:
     """The tenants whose databases lack a migration of `image`'s code.
 
     A tenant with no migrations recorded needs them without asking the code; for the
@@ -52,5 +58,6 @@ def pending_tenants(project: Project, tenants: list[Tenant], states: dict, image
     """
     applied = {t.name: database.applied_migrations(project, t.names) for t in tenants}
     known = [t for t in tenants if applied[t.name] is not None]
-    graphs = migration_graphs(project, known, states, image) if known else {}
-    return [t for t in tenants if applied[t.name] is None or needs_migrate(graphs[t.apps], applied[t.name])]
+    graphs = migration_graphs(project, known, states, images) if known else {}
+    return [t for t in tenants
+            if applied[t.name] is None or needs_migrate(graphs[graph_key(t, images)], applied[t.name])]

@@ -53,7 +53,7 @@ def release_of(image: str) -> str:
     return image.rpartition(":")[2]
 
 
-def render_proxy_vhost(tenant: Tenant, layout: ProxyLayout, image: str) -> str:
+def render_proxy_vhost(tenant: Tenant, layout: ProxyLayout, image: str, backend: str | None = None) -> str:
     """One tenant's vhost: its hosts, its media and assets, a proxy to its container only."""
     return environment.get_template("vhost-proxy.conf.j2").render(
         tenant=tenant,
@@ -62,7 +62,7 @@ def render_proxy_vhost(tenant: Tenant, layout: ProxyLayout, image: str) -> str:
         log_format="combined",
         media_dir=f"{layout.tenants_dir}/{tenant.name}/www/content",
         assets_dir=apache_path(f"{layout.assets_dir}/{release_of(image)}"),
-        backend=layout.backend(tenant),
+        backend=backend or layout.backend(tenant),
         # HTML-escaped, so no quote or backslash reaches the quoted ErrorDocument string.
         title_html=html.escape(tenant.title, quote=True).replace("\\", "&#92;"),
     )
@@ -79,11 +79,13 @@ def host_layout(project: Project, listen_port: int) -> ProxyLayout:
                        apache_path(str(project.assets_dir)), False)
 
 
-def render_sites(project: Project, tenants: list[Tenant], image: str,
-                 layout: ProxyLayout | None = None) -> dict[str, str]:
-    """Every vhost file of the project's proxy, by file name."""
+def render_sites(project: Project, tenants: list[Tenant], images: str | dict[str, str],
+                 layout: ProxyLayout | None = None, backends: dict[str, str] | None = None) -> dict[str, str]:
+    """Every vhost file of the project's proxy, by file name. `backends` overrides where a
+    tenant's vhost proxies to (a deploy's next container)."""
     layout = layout or proxy_layout(project)
     sites = {DEFAULT_SITE: render_default_vhost(layout)}
     for tenant in tenants:
-        sites[tenant.names.vhost] = render_proxy_vhost(tenant, layout, image)
+        image = images[tenant.name] if isinstance(images, dict) else images
+        sites[tenant.names.vhost] = render_proxy_vhost(tenant, layout, image, (backends or {}).get(tenant.name))
     return sites

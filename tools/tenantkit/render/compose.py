@@ -3,6 +3,7 @@
 Built as data and dumped with yaml.safe_dump. Secrets never appear in it: containers
 read them from env files (mode 0600) that the document only names.
 """
+import os
 import posixpath
 
 import yaml
@@ -40,9 +41,11 @@ def db_service(project: Project, tenants: list[Tenant]) -> dict:
 
 def gunicorn_command(project: Project, tenant: Tenant) -> list[str]:
     """gunicorn for one tenant. With a proxy, Apache keeps the per-tenant access log, so
-    gunicorn does not log each request again through Docker's log pipe."""
+    gunicorn does not log each request again through Docker's log pipe. In dev mode it
+    reloads on code changes (which --preload would prevent)."""
     command = ["gunicorn", "--bind", f"0.0.0.0:{APP_PORT}", "--workers", str(tenant.workers),
-               "--threads", str(tenant.threads), "--preload", "--graceful-timeout", "20"]
+               "--threads", str(tenant.threads), "--graceful-timeout", "20"]
+    command += ["--reload"] if project.dev else ["--preload"]
     if project.proxy.mode == "none":
         command += ["--access-logfile", "-"]
     return [*command, "django.core.wsgi:get_wsgi_application()"]
@@ -51,7 +54,7 @@ def gunicorn_command(project: Project, tenant: Tenant) -> list[str]:
 def tenant_service(project: Project, tenant: Tenant, image: str) -> dict:
     """One tenant's container: the shared image, its own settings, secrets, media and network."""
     names = tenant.names
-    mount = f"/app/tenants/{tenant.name}"
+    mount = f"/srv/tenants/{tenant.name}"
     folder = _rel("tenants", tenant.name)
     service = {
         "image": image,
@@ -60,8 +63,9 @@ def tenant_service(project: Project, tenant: Tenant, image: str) -> dict:
         "env_file": [posixpath.join(folder, "secrets.env")],
         "environment": {
             "DJANGO_SETTINGS_MODULE": names.settings_module,
-            # The tenant folder is on the path so a tenant can carry its own apps.
-            "PYTHONPATH": mount,
+            # /srv holds the `tenants` package (tenants.NAME.settings); the tenant folder is
+            # on the path too, so a tenant can carry its own apps.
+            "PYTHONPATH": f"/srv:{mount}",
             "TENANT_DB_HOST": project.database.host,
             "TENANT_DB_PORT": str(project.database.port),
             "TENANTKIT_HEALTH_HOST": tenant.primary_host,
@@ -85,6 +89,9 @@ def tenant_service(project: Project, tenant: Tenant, image: str) -> dict:
         "networks": [names.network],
         "labels": {"tenantkit.tenant": tenant.name},
     }
+    if project.dev:  # the working tree, live: edits show up without a rebuild
+        source = os.path.relpath(project.source, project.compose_file.parent)
+        service["volumes"].insert(0, {"type": "bind", "source": source, "target": "/app", "read_only": True})
     if project.database.service:
         service["depends_on"] = {"db": {"condition": "service_healthy"}}
     return service
@@ -122,15 +129,16 @@ def proxy_service(project: Project, tenants: list[Tenant], proxy_image: str) -> 
     }
 
 
-def render_compose(project: Project, tenants: list[Tenant], image: str,
+def render_compose(project: Project, tenants: list[Tenant], images: str | dict[str, str],
                    proxy_image: str | None = None) -> dict:
-    """The whole stack as a Compose Specification document."""
+    """The whole stack as a Compose Specification document; `images`: one for all, or by tenant."""
     services: dict = {}
     if project.database.service:
         services["db"] = db_service(project, tenants)
     if project.proxy.mode == "compose" and proxy_image:
         services["proxy"] = proxy_service(project, tenants, proxy_image)
     for tenant in tenants:
+        image = images[tenant.name] if isinstance(images, dict) else images
         services[tenant.names.service] = tenant_service(project, tenant, image)
     doc: dict = {"name": project.name, "services": services}
     doc["networks"] = {t.names.network: {} for t in tenants} or {"default": {}}
