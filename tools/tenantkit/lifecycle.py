@@ -33,6 +33,10 @@ from .render.settings import render_settings
 
 Report = Callable[[str], None]
 
+# Tenants whose traffic a deploy in this process has moved to a "next" container, and
+# where to: every render keeps these, so one tenant's switch never undoes another's.
+NEXT_BACKENDS: dict[str, str] = {}
+
 __all__ = ["new", "render", "build", "up", "down", "status", "manage", "maintenance"]
 
 
@@ -141,7 +145,7 @@ def render(project: Project) -> Rendered:
         return _render_locked(project)
 
 
-def _render_locked(project: Project, backends: dict[str, str] | None = None) -> Rendered:
+def _render_locked(project: Project) -> Rendered:
     """Render the tenants that are enabled (a tenant removed with --keep-data is not)."""
     tenants = [t for t in load_tenants(project) if t.enabled]
     context = builder.build_context(project, project.images.base)
@@ -157,7 +161,7 @@ def _render_locked(project: Project, backends: dict[str, str] | None = None) -> 
     if project.database.service:
         ensure_db_admin_secret(project.db_env_file)
     if project.proxy.mode != "none":
-        proxy.write_sites(project, render_sites(project, tenants, images, backends=backends))
+        proxy.write_sites(project, render_sites(project, tenants, images, backends=dict(NEXT_BACKENDS)))
         for folder in (project.logs_dir, project.assets_dir):
             folder.mkdir(parents=True, exist_ok=True)
     atomic_write(project.compose_file, dump_compose(render_compose(project, tenants, images, proxy_image)))

@@ -129,16 +129,22 @@ def _switch_with_next(client, project: Project, tenant: Tenant, report: Report) 
             time.sleep(0.2)
         report(f"{tenant.name}: new release healthy; switching traffic")
         with locked(project):
-            rendered = lifecycle._render_locked(project, backends={tenant.name: f"http://{next_name}:8000"})
+            lifecycle.NEXT_BACKENDS[tenant.name] = f"http://{next_name}:8000"
+            rendered = lifecycle._render_locked(project)
             proxy.sync(client, project, rendered.tenants, force=True)
         health.wait_routed(project, [tenant])
         engine.compose(project, "up", "-d", "--no-deps", tenant.names.service)  # the old one stops here
         health.wait_healthy(client, project, [tenant])
         with locked(project):
+            lifecycle.NEXT_BACKENDS.pop(tenant.name, None)
             rendered = lifecycle._render_locked(project)
             proxy.sync(client, project, rendered.tenants, force=True)
         health.wait_routed(project, [tenant])
     finally:
+        if lifecycle.NEXT_BACKENDS.pop(tenant.name, None):  # failed while switched: route back first
+            with locked(project):
+                rendered = lifecycle._render_locked(project)
+                proxy.sync(client, project, rendered.tenants, force=True)
         try:
             container.stop(timeout=20)  # requests still in flight on it complete
         finally:

@@ -69,13 +69,16 @@ ABSENT = ServiceState("absent", "")
 
 def service_states(client: docker.DockerClient, project: Project) -> dict[str, ServiceState]:
     """The state of every compose service of the project, by service name."""
-    containers = client.containers.list(
-        all=True, filters={"label": f"com.docker.compose.project={project.name}"})
+    listed = client.api.containers(all=True, filters={"label": f"com.docker.compose.project={project.name}"})
     states: dict[str, ServiceState] = {}
-    for container in containers:
-        labels = container.labels
-        if labels.get("com.docker.compose.oneoff") == "True":
+    for entry in listed:
+        if (entry.get("Labels") or {}).get("com.docker.compose.oneoff") == "True":
             continue
+        try:
+            container = client.containers.get(entry["Id"])
+        except docker.errors.NotFound:  # removed since it was listed (a deploy's next container)
+            continue
+        labels = container.labels
         service = labels.get("com.docker.compose.service", "")
         running = container.status == "running"
         health = container.attrs.get("State", {}).get("Health", {}).get("Status", "")

@@ -1,0 +1,218 @@
+"""Releases: build, deploy without downtime, survive a broken release, roll back; dev mode.
+
+Runs on a project of its own whose source is a copy of the demo, so releases can change
+code: release 2 adds a migration and changes the page, release 3's migration fails.
+"""
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import filelock
+import psycopg2
+import pytest
+import requests
+
+from tests.conftest import REPO, tenant_cli, write_project
+from tests.integration.conftest import free_port
+
+TAG_MODEL = '''
+
+class Tag(models.Model):
+    name = models.CharField(max_length=50)
+'''
+TAG_MIGRATION = '''from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    dependencies = [("notes", "0001_initial")]
+    operations = [migrations.CreateModel("Tag", fields=[
+        ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False)),
+        ("name", models.CharField(max_length=50)),
+    ])]
+'''
+BROKEN_MIGRATION = '''from django.db import migrations
+
+
+def fail(apps, schema_editor):
+    raise RuntimeError("release 3 is broken on purpose")
+
+
+class Migration(migrations.Migration):
+    dependencies = [("notes", "0002_tag")]
+    operations = [migrations.RunPython(fail)]
+'''
+
+
+class Releases:
+    def __init__(self, root: Path):
+        self.root, self.source = root, root / "src"
+
+    def cli(self, *args):
+        return tenant_cli(self.root, *args)
+
+    def ok(self, *args):
+        run = self.cli(*args)
+        assert run.code == 0, f"tenant {' '.join(args)}: {run.err}"
+        return run
+
+    def proxy_port(self):
+        return int(self.root.joinpath("proxy-port").read_text())
+
+    def get(self, name, path="/"):
+        return requests.get(f"http://127.0.0.1:{self.proxy_port()}{path}", headers={"Host": f"{name}.localhost"},
+                            timeout=10)
+
+    def add_note(self, name, text):
+        session = requests.Session()
+        session.headers["Host"] = f"{name}.localhost"
+        url = f"http://127.0.0.1:{self.proxy_port()}"
+        session.get(url + "/", timeout=10)
+        response = session.post(url + "/notes/", data={"text": text, "csrfmiddlewaretoken": session.cookies["csrftoken"]},
+                                timeout=10, allow_redirects=False)
+        assert response.status_code == 302
+
+    def tables(self, name):
+        env = (self.root / ".tenantkit" / "db.env").read_text()
+        password = env.split("POSTGRES_PASSWORD=")[1].split()[0]
+        port = json.loads(self.root.joinpath("ports.json").read_text())["db"]
+        with psycopg2.connect(host="127.0.0.1", port=port, user="postgres", password=password, dbname=name) as conn:
+            with conn.cursor() as cur:
+                cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+                return {row[0] for row in cur.fetchall()}
+
+    def notes(self, name):
+        page = self.get(name).text
+        return sorted(line.split(">")[1].split("<")[0] for line in page.splitlines() if 'class="note"' in line)
+
+
+@pytest.fixture(scope="module")
+def rel():
+    root = Path(tempfile.mkdtemp(prefix="tkrel-"))
+    os.chmod(root, 0o755)
+    shutil.copytree(REPO / "image" / "demo", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    ports = {"db": free_port(), "proxy": free_port()}
+    write_project(root, name=f"tkrel{os.getpid()}", database__publish_port=ports["db"], ports__first=free_port(),
+                  proxy__port=ports["proxy"], project__source=str(root / "src"),
+                  project__requirements=str(root / "src" / "requirements.txt"))
+    (root / "ports.json").write_text(json.dumps(ports))
+    (root / "proxy-port").write_text(str(ports["proxy"]))
+    r = Releases(root)
+    for name in ("rela", "relb"):
+        r.ok("new", name, "--host", f"{name}.localhost")
+    r.ok("up", "--all")
+    yield r
+    subprocess.run(["docker", "compose", "-f", str(root / "compose" / "compose.yaml"), "down", "-v", "-t", "5"],
+                   capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_release_is_built_once_and_listed(rel):
+    record = json.loads(rel.ok("release", "build", "1", "--json").out)
+    assert record["version"] == "1" and record["image"].endswith(":1") and len(record["digest"]) == 64
+    refused = rel.cli("release", "build", "1")
+    assert refused.code == 2 and "immutable" in refused.err
+    rel.ok("deploy", "1")
+    rows = json.loads(rel.ok("releases", "--json").out)
+    assert rows[0]["version"] == "1" and rows[0]["current"] and rows[0]["tenants"] == ["rela", "relb"]
+    for name in ("rela", "relb"):
+        rel.add_note(name, f"written under release 1 in {name}")
+
+
+def test_deploying_release_2_changes_pages_and_schemas_without_a_failed_request(rel):
+    models = rel.source / "notes" / "models.py"
+    models.write_text(models.read_text() + TAG_MODEL)
+    (rel.source / "notes" / "migrations" / "0002_tag.py").write_text(TAG_MIGRATION)
+    template = rel.source / "notes" / "templates" / "notes" / "home.html"
+    template.write_text(template.read_text().replace("<h2>Notes</h2>", "<h2>Notes, release two</h2>"))
+    rel.ok("release", "build", "2")
+
+    results, stop = [], threading.Event()
+
+    def load():
+        deadline = time.monotonic() + 180
+        while not stop.is_set() and len(results) < 20000 and time.monotonic() < deadline:
+            try:
+                results.append(rel.get("rela", "/healthz/").status_code)
+            except requests.RequestException as exc:
+                results.append(repr(exc))
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        run = rel.ok("deploy", "2", "--json")
+    finally:
+        stop.set()
+        thread.join()
+    assert {o["result"] for o in json.loads(run.out)} == {"ok"}
+    assert len(results) > 50 and [r for r in results if r != 200] == []
+    for name in ("rela", "relb"):
+        assert "Notes, release two" in rel.get(name).text
+        assert "notes_tag" in rel.tables(name)
+        assert f"written under release 1 in {name}" in rel.notes(name)
+        rel.add_note(name, f"written under release 2 in {name}")
+
+
+def test_a_broken_release_leaves_every_tenant_serving_the_previous_one(rel):
+    (rel.source / "notes" / "migrations" / "0003_broken.py").write_text(BROKEN_MIGRATION)
+    rel.ok("release", "build", "3")
+    before = {name: rel.notes(name) for name in ("rela", "relb")}
+    run = rel.cli("deploy", "3", "--jobs", "1", "--json")
+    assert run.code == 1 and "deploy failed for rela" in run.err
+    outcomes = {o["tenant"]: o["result"] for o in json.loads(run.out)}
+    assert outcomes == {"rela": "failed", "relb": "skipped"}  # stops at the first failure
+    run = rel.cli("deploy", "3", "--keep-going", "--json")
+    assert {o["result"] for o in json.loads(run.out)} == {"failed"}
+    for name in ("rela", "relb"):
+        assert "Notes, release two" in rel.get(name).text
+        assert rel.notes(name) == before[name]
+    rows = {r["version"]: r for r in json.loads(rel.ok("releases", "--json").out)}
+    assert rows["2"]["current"] and rows["2"]["tenants"] == ["rela", "relb"]
+
+
+def test_rolling_back_across_a_schema_change_restores_consistent_data(rel):
+    rel.ok("rollback", "rela")
+    page = rel.get("rela").text
+    assert "Notes, release two" not in page and "<h2>Notes</h2>" in page
+    assert "notes_tag" not in rel.tables("rela")
+    assert rel.notes("rela") == ["written under release 1 in rela"]  # as it was before deploy 2
+    assert "Notes, release two" in rel.get("relb").text  # the other tenant stays on 2
+    refused = rel.cli("rollback", "rela")
+    assert refused.code == 2 and "no previous release" in refused.err
+
+
+def test_bad_deploys_are_refused_with_one_line(rel):
+    run = rel.cli("deploy", "9.9")
+    assert run.code == 2 and "unknown release '9.9'" in run.err and len(run.err.strip().splitlines()) == 1
+    lock = filelock.FileLock(str(rel.root / ".tenantkit" / "deploy.lock"))
+    with lock:
+        run = rel.cli("deploy", "2")
+    assert run.code == 2 and "another deploy" in run.err
+    run = rel.cli("rollback", "nobody")
+    assert run.code == 2 and "unknown tenant" in run.err
+
+
+def test_dev_mode_serves_edits_to_the_working_tree_in_every_tenant(rel):
+    (rel.source / "notes" / "migrations" / "0003_broken.py").unlink()  # the developer fixes the tree
+    rel.ok("dev", "on")
+    try:
+        template = rel.source / "notes" / "templates" / "notes" / "home.html"
+        template.write_text(template.read_text().replace("<h2>Files</h2>", "<h2>Files, edited live</h2>"))
+        views = rel.source / "notes" / "views.py"
+        views.write_text(views.read_text().replace('"status": "ok"', '"status": "ok", "edited": True'))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if all(rel.get(n, "/healthz/").json().get("edited") for n in ("rela", "relb")):
+                break
+            time.sleep(0.5)
+        for name in ("rela", "relb"):
+            assert rel.get(name, "/healthz/").json().get("edited") is True
+            assert "Files, edited live" in rel.get(name).text
+            assert f"<code id=\"database\">{name}</code>" in rel.get(name).text  # own settings and database
+    finally:
+        rel.ok("dev", "off")
+    assert "Files, edited live" not in rel.get("relb").text  # back on its release
