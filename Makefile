@@ -50,3 +50,4 @@ bench: deps images host-services
 	$(PYTHON) bench/foundation.py
 	$(PYTHON) bench/proxy.py
 	$(PYTHON) bench/lifecycle.py
+	$(PYTHON) bench/deploy.py
