@@ -200,11 +200,14 @@ def test_dev_mode_serves_edits_to_the_working_tree_in_every_tenant(rel):
     (rel.source / "notes" / "migrations" / "0003_broken.py").unlink()  # the developer fixes the tree
     rel.ok("dev", "on")
     try:
+        for name in ("rela", "relb"):
+            assert rel.get(name).status_code == 200
+        time.sleep(2)  # as a developer would: the reloader has seen the files it serves
         template = rel.source / "notes" / "templates" / "notes" / "home.html"
         template.write_text(template.read_text().replace("<h2>Files</h2>", "<h2>Files, edited live</h2>"))
         views = rel.source / "notes" / "views.py"
         views.write_text(views.read_text().replace('"status": "ok"', '"status": "ok", "edited": True'))
-        def edited(name):  # gunicorn restarts its worker on the edit: retry through the gap
+        def edited(name):  # the server restarts on the Python edit: retry through the gap
             try:
                 return rel.get(name, "/healthz/").json().get("edited") is True and \
                     "Files, edited live" in rel.get(name).text

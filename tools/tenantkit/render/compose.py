@@ -41,11 +41,15 @@ def db_service(project: Project, tenants: list[Tenant]) -> dict:
 
 def gunicorn_command(project: Project, tenant: Tenant) -> list[str]:
     """gunicorn for one tenant. With a proxy, Apache keeps the per-tenant access log, so
-    gunicorn does not log each request again through Docker's log pipe. In dev mode it
-    reloads on code changes (which --preload would prevent)."""
+    gunicorn does not log each request again through Docker's log pipe.
+
+    In dev mode: Django's own autoreloading server, which restarts on Python changes and
+    watches template folders (resetting the cached template loaders) from the start.
+    """
+    if project.dev:
+        return ["python", "manage.py", "runserver", f"0.0.0.0:{APP_PORT}"]
     command = ["gunicorn", "--bind", f"0.0.0.0:{APP_PORT}", "--workers", str(tenant.workers),
-               "--threads", str(tenant.threads), "--graceful-timeout", "20"]
-    command += ["--reload"] if project.dev else ["--preload"]
+               "--threads", str(tenant.threads), "--graceful-timeout", "20", "--preload"]
     if project.proxy.mode == "none":
         command += ["--access-logfile", "-"]
     return [*command, "django.core.wsgi:get_wsgi_application()"]
