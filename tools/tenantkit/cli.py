@@ -37,6 +37,13 @@ def cli(ctx: click.Context, project_dir: Path | None, debug: bool) -> None:
     ctx.obj = {"load": lambda: load_project(project_dir or find_root())}
 
 
+def print_table(rows: list[tuple]) -> None:
+    """Columns padded to their widest cell, like `docker ps`."""
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
 def _project(ctx: click.Context) -> Project:
     obj = ctx.find_root().obj
     if "project" not in obj:
@@ -109,9 +116,7 @@ def list_(ctx, as_json):
         return
     table = [("NAME", "STATE", "HEALTH", "URL", "DATABASE", "HOSTS")]
     table += [(r.name, r.state, r.health or "-", r.url, r.database, ",".join(r.hosts)) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print_table(table)
 
 
 def print_outcomes(outcomes, folder: Path, verb: str, as_json: bool) -> None:
@@ -120,9 +125,7 @@ def print_outcomes(outcomes, folder: Path, verb: str, as_json: bool) -> None:
         click.echo(json.dumps([o.to_dict() for o in outcomes], indent=2))
     else:
         rows = [("TENANT", "RESULT", "SECONDS")] + [(o.tenant, o.result, f"{o.seconds:.2f}") for o in outcomes]
-        widths = [max(len(row[i]) for row in rows) for i in range(3)]
-        for row in rows:
-            click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print_table(rows)
     failed = [o for o in outcomes if o.failed]
     for outcome in failed:
         click.echo(f"--- {outcome.tenant} (exit {outcome.exit_code}):", err=True)
@@ -195,9 +198,7 @@ def status(ctx, names, as_json):
                       "-" if r["memory_mib"] is None else f"{r['memory_mib']}MiB",
                       "-" if r["uptime_seconds"] is None else f"{r['uptime_seconds']}s",
                       size(r["database_bytes"]), r["image"] or "-"))
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print_table(table)
 
 
 @cli.command()
@@ -372,9 +373,7 @@ def releases_(ctx, as_json):
     table = [("", "VERSION", "BUILT", "REVISION", "TENANTS")]
     table += [("*" if r["current"] else "", r["version"], r["built"], (r["revision"] or "-")[:12],
                ",".join(r["tenants"]) or "-") for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print_table(table)
 
 
 @cli.command()

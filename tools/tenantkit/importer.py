@@ -34,7 +34,7 @@ def _evaluate(node: ast.AST, names: dict):
     if isinstance(node, (ast.List, ast.Tuple)):
         return [_evaluate(item, names) for item in node.elts]
     if isinstance(node, ast.Dict):
-        return {_evaluate(k, names): _evaluate(v, names) for k, v in zip(node.keys, node.values)}
+        return {_evaluate(k, names): _evaluate(v, names) for k, v in zip(node.keys, node.values, strict=True)}
     if isinstance(node, ast.Name) and node.id in names:
         return names[node.id]
     if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mod, ast.Add)):

@@ -151,16 +151,21 @@ def _switch_with_next(client, project: Project, tenant: Tenant, report: Report) 
             container.remove(force=True)
 
 
-def _start_on_release(client, project: Project, tenant: Tenant, running: bool, report: Report) -> None:
-    if running and project.proxy.mode == "compose":
-        _switch_with_next(client, project, tenant, report)
-        return
+def _recreate(client, project: Project, tenant: Tenant) -> None:
+    """Recreate the tenant's container on its recorded release, wait, and route to it again."""
     engine.compose(project, "up", "-d", "--no-deps", tenant.names.service)
     health.wait_healthy(client, project, [tenant])
     with locked(project):
         rendered = lifecycle._render_locked(project)
     proxy.sync(client, project, rendered.tenants, force=True)
     health.wait_routed(project, [tenant])
+
+
+def _start_on_release(client, project: Project, tenant: Tenant, running: bool, report: Report) -> None:
+    if running and project.proxy.mode == "compose":
+        _switch_with_next(client, project, tenant, report)
+    else:
+        _recreate(client, project, tenant)
 
 
 def _deploy_one(client, project: Project, tenant: Tenant, version: str, report: Report) -> Outcome:
@@ -333,12 +338,7 @@ def _rollback_one(client, project: Project, tenant: Tenant, report: Report) -> O
             engine.compose(project, "stop", tenant.names.service, check=False)
             _restore_database(project, tenant, Path(pre_deploy))
             detail = f"database restored from {pre_deploy}; the data it had is in {safety}"
-        engine.compose(project, "up", "-d", "--no-deps", tenant.names.service)
-        health.wait_healthy(client, project, [tenant])
-        with locked(project):
-            rendered = lifecycle._render_locked(project)
-        proxy.sync(client, project, rendered.tenants, force=True)
-        health.wait_routed(project, [tenant])
+        _recreate(client, project, tenant)
     except Exception as exc:
         _set_tenant_release(project, tenant, entry)
         engine.compose(project, "up", "-d", "--no-deps", tenant.names.service, check=False)
