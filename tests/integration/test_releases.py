@@ -223,3 +223,15 @@ def test_dev_mode_serves_edits_to_the_working_tree_in_every_tenant(rel):
     finally:
         rel.ok("dev", "off")
     assert "Files, edited live" not in rel.get("relb").text  # back on its release
+
+
+def test_a_pinned_tenant_is_skipped_unless_named_and_naming_it_moves_the_pin(rel):
+    rel.ok("set", "relb", "release=2")
+    outcomes = {o["tenant"]: o["result"] for o in json.loads(rel.ok("deploy", "1", "--json").out)}
+    assert "relb" not in outcomes
+    rows = {r["version"]: r for r in json.loads(rel.ok("releases", "--json").out)}
+    assert "relb" in rows["2"]["tenants"] and rows["1"]["current"]
+    outcomes = {o["tenant"]: o["result"] for o in json.loads(rel.ok("deploy", "1", "relb", "--json").out)}
+    assert outcomes == {"relb": "ok"}
+    assert "release: '1'" in (rel.root / "tenants" / "relb" / "tenant.yaml").read_text()
+    assert "Notes, release two" not in rel.get("relb").text

@@ -20,7 +20,7 @@ from .act.files import give_tree_to_app_user, locked
 from .act.secrets import new_tenant_secrets, read_env_file, write_env_file
 from .model import (SECRETS_FILE, TENANT_FILE, ConfigError, Project, Tenant, check_count, check_host,
                     check_hosts_free,
-                    check_memory, check_module, check_name, check_port, check_title, display_path,
+                    check_memory, check_module, check_name, check_port, check_release, check_title, display_path,
                     load_tenant, load_tenants, tenant_from_mapping)
 
 Report = lifecycle.Report
@@ -45,6 +45,7 @@ SETTABLE = {
     "workers": lambda value: check_count(int(value)) if value.isdigit() else check_count(value),
     "threads": lambda value: check_count(int(value)) if value.isdigit() else check_count(value),
     "port": lambda value: check_port(int(value)) if value.isdigit() else check_port(value),
+    "release": lambda value: check_release(value) if value else None,  # pin (empty: unpin)
 }
 
 

@@ -258,7 +258,8 @@ def apache(ctx, mode, port, out, root, version, python, user):
 @click.argument("assignments", nargs=-1, required=True, metavar="KEY=VALUE...")
 @click.pass_context
 def set_(ctx, name, assignments):
-    """Change a tenant: title, hosts, apps, memory, workers, threads, port. Apply with `tenant up NAME`.
+    """Change a tenant: title, hosts, apps, memory, workers, threads, port, release (pin; empty unpins).
+    Apply with `tenant up NAME`.
 
     Lists are comma-separated: tenant set acme hosts=acme.localhost,www.acme.example.com
     """
