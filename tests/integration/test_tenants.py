@@ -127,6 +127,11 @@ def test_a_tenant_whose_settings_fail_to_import_fails_loudly(stack):
     assert "RuntimeError: broken on purpose 41" in run.err
     assert states(stack)["broken"]["state"] == "absent"
     assert stack.get("alpha").status_code == 200  # the others keep serving
+    stack.ok("down", "beta")
+    run = stack.cli("up", "--all")  # one broken tenant does not hold back the others
+    assert run.code == 1 and "tenant broken: migrate failed" in run.err
+    assert states(stack)["beta"]["state"] == "running" and stack.get("beta").status_code == 200
+    assert states(stack)["broken"]["state"] == "absent"
 
 
 def test_a_new_tenant_is_absent_until_it_is_up(stack):

@@ -243,15 +243,12 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
         _start_database(client, project, chosen, report)
         _provision(project, chosen, report)
         states = engine.service_states(client, project)
-        for tenant in migrations.pending_tenants(project, chosen, states, rendered.images):
-            report(f"migrating {tenant.name}")
-            try:
-                _migrate(project, tenant, migrations.runs_current_image(states, tenant, rendered.images[tenant.name]))
-            except OperationFailed:
-                # A tenant that was absent stays absent: drop the container made for it.
-                if tenant.names.service not in before:
-                    engine.compose(project, "rm", "-f", "-s", tenant.names.service, check=False)
-                raise
+        failures = _migrate_all(project, migrations.pending_tenants(project, chosen, states, rendered.images),
+                                states, rendered.images, report)
+        for tenant in failures:  # a tenant that was absent stays absent: drop the container made for it
+            if tenant.names.service not in before:
+                engine.compose(project, "rm", "-f", "-s", tenant.names.service, check=False)
+        chosen = [t for t in chosen if t not in failures]
         if chosen:
             report(f"starting {', '.join(t.name for t in chosen)}")
             engine.compose(project, "up", "-d", "--no-deps", "--remove-orphans",
@@ -261,7 +258,31 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
         recreated = any(_container_id(before, t) != _container_id(after, t) for t in chosen)
         proxy.sync(client, project, rendered.tenants, report, force=recreated)
         health.wait_routed(project, chosen)
+    if failures:  # the others are up; the command still fails, naming each failure
+        raise OperationFailed("\n".join(str(error) for error in failures.values()))
     return chosen
+
+
+MIGRATE_JOBS = 4
+
+
+def _migrate_all(project: Project, tenants: list[Tenant], states: dict, images: dict[str, str],
+                 report: Report) -> dict[Tenant, OperationFailed]:
+    """Migrate tenants, a few at a time; return the ones that failed, with their errors."""
+    failures: dict[Tenant, OperationFailed] = {}
+
+    def one(tenant: Tenant) -> None:
+        report(f"migrating {tenant.name}")
+        _migrate(project, tenant, migrations.runs_current_image(states, tenant, images[tenant.name]))
+
+    with ThreadPoolExecutor(max_workers=MIGRATE_JOBS) as pool:
+        futures = {pool.submit(one, tenant): tenant for tenant in tenants}
+        for future, tenant in futures.items():
+            try:
+                future.result()
+            except OperationFailed as exc:
+                failures[tenant] = exc
+    return failures
 
 
 def _container_id(states: dict, tenant: Tenant) -> str | None:
