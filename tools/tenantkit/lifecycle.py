@@ -299,12 +299,14 @@ def _start_database(client, project: Project, tenants: list[Tenant], report: Rep
         report("starting database")
         engine.compose(project, "up", "-d", "--wait", "db")
         return
-    if tenants:
-        # Create the tenants' networks (and absent containers, unstarted) without touching db,
-        # and without recreating a running tenant: that is `up -d`'s job, after migrations.
+    on = set(state.container.attrs["NetworkSettings"]["Networks"])
+    missing = [t for t in tenants if f"{project.name}_{t.names.network}" not in on]
+    if missing:
+        # Create those tenants' networks (and absent containers, unstarted) without touching
+        # db, and without recreating a running tenant: that is `up -d`'s job, after migrations.
         engine.compose(project, "up", "--no-start", "--no-deps", "--no-recreate",
-                       *(t.names.service for t in tenants))
-        engine.attach_to_networks(client, project, "db", [t.names.network for t in tenants])
+                       *(t.names.service for t in missing))
+        engine.attach_to_networks(client, project, "db", [t.names.network for t in missing])
 
 
 def _provision(project: Project, tenants: list[Tenant], report: Report) -> None:
