@@ -119,7 +119,7 @@ def list_(ctx, as_json):
     print_table(table)
 
 
-def print_outcomes(outcomes, folder: Path, verb: str, as_json: bool) -> None:
+def print_outcomes(outcomes, folder: Path | None, verb: str, as_json: bool) -> None:
     """The summary table (or JSON) of a fleet run; exit 1 naming the tenants that failed."""
     if as_json:
         click.echo(json.dumps([o.to_dict() for o in outcomes], indent=2))
@@ -132,7 +132,7 @@ def print_outcomes(outcomes, folder: Path, verb: str, as_json: bool) -> None:
         click.echo("\n".join(outcome.output.rstrip().splitlines()[-10:]), err=True)
     if failed:
         raise OperationFailed(f"{verb} failed for {', '.join(o.tenant for o in failed)}"
-                              + (f"; every tenant's output is in {folder}" if folder.name != ".tenantkit" else ""))
+                              + (f"; every tenant's output is in {folder}" if folder else ""))
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -388,7 +388,7 @@ def deploy(ctx, version, names, keep_going, jobs, as_json):
     """Deploy release VERSION to tenants (default: all but pinned ones), without downtime."""
     from . import releases
     outcomes = releases.deploy(_project(ctx), version, names, keep_going, jobs, report)
-    print_outcomes(outcomes, Path(".tenantkit"), "deploy", as_json)
+    print_outcomes(outcomes, None, "deploy", as_json)
 
 
 @cli.command()
@@ -399,7 +399,7 @@ def rollback(ctx, names, as_json):
     """Return tenants (default: all that have one) to their previous release."""
     from . import releases
     outcomes = releases.rollback(_project(ctx), names, report)
-    print_outcomes(outcomes, Path(".tenantkit"), "rollback", as_json)
+    print_outcomes(outcomes, None, "rollback", as_json)
 
 
 @cli.command()

@@ -37,7 +37,6 @@ Report = Callable[[str], None]
 # where to: every render keeps these, so one tenant's switch never undoes another's.
 NEXT_BACKENDS: dict[str, str] = {}
 
-__all__ = ["new", "render", "build", "up", "down", "status", "manage", "maintenance"]
 
 
 def _quiet(message: str) -> None:
@@ -398,12 +397,7 @@ def manage(project: Project, name: str, args: list[str], interactive: bool = Fal
             _ensure_images(client, project, rendered, _quiet)
             _start_database(client, project, [tenant], _quiet)
             _provision(project, [tenant], _quiet)
-    tty = [] if interactive else ["-T"]
-    command = ["python", "manage.py", *args]
-    if state.state == "running":
-        argv = ["exec", *tty, tenant.names.service, *command]
-    else:
-        argv = ["run", "--rm", "--no-deps", *tty, tenant.names.service, *command]
+    argv = migrations.tenant_argv(tenant, ["python", "manage.py", *args], state.state == "running", interactive)
     return engine.compose(project, *argv, capture=False, check=False, interactive=interactive).returncode
 
 

@@ -23,7 +23,7 @@ from .act import archive, database, engine, health, migrations, proxy
 from .act import build as builder
 from .act.engine import OperationFailed, tail
 from .act.files import locked
-from .act.releases import ReleaseState, load_state, release_image, save_state
+from .act.releases import load_state, release_image, save_state
 from .act.secrets import read_env_file
 from .fleet import Outcome
 from .model import ConfigError, Project, Tenant, check_release, load_tenants
@@ -362,5 +362,3 @@ def dev(project: Project, on: bool, report: Report = lifecycle._quiet) -> list[T
     project = load_project(project.root)
     return lifecycle.up(project, all_=True, report=report)
 
-
-__all__ = ["build_release", "list_releases", "deploy", "rollback", "dev", "ReleaseState"]

@@ -13,10 +13,16 @@ def runs_current_image(states: dict, tenant: Tenant, image: str) -> bool:
     return state.state == "running" and state.container.attrs["Config"]["Image"] == image
 
 
+def tenant_argv(tenant: Tenant, command: list[str], running: bool, tty: bool = False) -> list[str]:
+    """`docker compose` arguments that run a command in the tenant's context: in its running
+    container, or in a one-off one of its service."""
+    where = ["exec"] if running else ["run", "--rm", "--no-deps"]
+    return [*where, *([] if tty else ["-T"]), tenant.names.service, *command]
+
+
 def in_tenant(project: Project, tenant: Tenant, command: list[str], running: bool) -> tuple[int, str]:
-    """Run a command in the tenant's context: its running container, or a one-off one."""
-    argv = ["exec", "-T", tenant.names.service] if running else ["run", "--rm", "--no-deps", "-T", tenant.names.service]
-    result = engine.compose(project, *argv, *command, check=False)
+    """Run a command in the tenant's context and capture its output."""
+    result = engine.compose(project, *tenant_argv(tenant, command, running), check=False)
     return result.returncode, result.stdout or ""
 
 
