@@ -1,6 +1,7 @@
 """Fixtures shared by unit and integration tests: a throwaway tenantkit project."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ class Run:
     err: str
 
 
+_POOLS = [os.getpid() % 50]
+
+
 def write_project(folder: Path, name: str = "tktest", **overrides) -> Path:
     """A project folder whose tenantkit.yaml points at the repository's demo project."""
     config = yaml.safe_load((REPO / "tenantkit.yaml").read_text())
@@ -35,6 +39,10 @@ def write_project(folder: Path, name: str = "tktest", **overrides) -> Path:
         config["images"].update(local_config.get("images", {}))
         if local_config.get("wheelhouse"):
             config["wheelhouse"] = str(REPO / local_config["wheelhouse"])
+    # Every test project gets a tenant network pool of its own, so projects made by one test
+    # run never overlap on the engine (a derived default could, by chance).
+    _POOLS[0] += 1
+    config["networks"] = {"pool": f"10.{200 + _POOLS[0] % 50}.0.0/16"}
     for key, value in overrides.items():
         section, _, field = key.partition("__")
         if field:

@@ -177,4 +177,4 @@ def test_a_release_is_immutable_and_current_moves_to_a_new_one(classic):
 def test_a_bad_release_name_is_refused(classic):
     *_, project = classic
     run = tenant_cli(project, "apache", "--mode", "wsgi", "--root", "/tmp/x", "--release", "../1")
-    assert run.code == 2 and "is not a version" in run.err
+    assert run.code == 2 and "is not a release version" in run.err

@@ -199,7 +199,8 @@ def test_four_concurrent_new_and_up_runs_leave_a_consistent_stack(stack):
     compose = (stack.root / "compose" / "compose.yaml").read_text()
     ports = set()
     for name in results:
-        assert f"tenant-{name}:" in compose
+        assert f"- tenants/{name}.yaml" in compose  # the stack includes each tenant's own file
+        assert f"tenant-{name}:" in (stack.root / "compose" / "tenants" / f"{name}.yaml").read_text()
         assert stack.via_proxy(f"{name}.localhost").status_code == 200
         ports.add(stack.port(name))
     assert len(ports) == 4

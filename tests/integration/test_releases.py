@@ -124,32 +124,54 @@ def test_a_release_is_built_once_and_listed(rel):
 
 
 def test_deploying_release_2_changes_pages_and_schemas_without_a_failed_request(rel):
+    """...while other `tenant` processes change tenants: the deploy's routes are stored state,
+    so a concurrent `set` of a deploying tenant and `maintenance` of another keep them."""
     models = rel.source / "notes" / "models.py"
     models.write_text(models.read_text() + TAG_MODEL)
     (rel.source / "notes" / "migrations" / "0002_tag.py").write_text(TAG_MIGRATION)
     template = rel.source / "notes" / "templates" / "notes" / "home.html"
     template.write_text(template.read_text().replace("<h2>Notes</h2>", "<h2>Notes, release two</h2>"))
     rel.ok("release", "build", "2")
+    rel.ok("new", "relc", "--host", "relc.localhost")
+    rel.ok("set", "relc", "release=1")  # pinned: this deploy leaves it alone
+    rel.ok("up", "relc")
 
-    results, stop = [], threading.Event()
+    results, stop = {"rela": [], "relb": []}, threading.Event()
+    side_runs = []
 
-    def load():
+    def load(name):
         deadline = time.monotonic() + 180
-        while not stop.is_set() and len(results) < 20000 and time.monotonic() < deadline:
+        while not stop.is_set() and len(results[name]) < 20000 and time.monotonic() < deadline:
             try:
-                results.append(rel.get("rela", "/healthz/").status_code)
+                results[name].append(rel.get(name, "/healthz/").status_code)
             except requests.RequestException as exc:
-                results.append(repr(exc))
+                results[name].append(repr(exc))
 
-    thread = threading.Thread(target=load)
-    thread.start()
+    def side(*commands):
+        deadline = time.monotonic() + 180
+        i = 0
+        while not stop.is_set() and time.monotonic() < deadline:
+            side_runs.append(rel.cli(*[word.format(i=i) for word in commands[i % len(commands)]]))
+            i += 1
+
+    threads = [threading.Thread(target=load, args=(name,)) for name in results]
+    threads.append(threading.Thread(target=side, args=(("maintenance", "relc", "on"), ("maintenance", "relc", "off"))))
+    threads.append(threading.Thread(target=side, args=(("set", "relb", "title=Rel B {i}"),)))
+    for thread in threads:
+        thread.start()
     try:
         run = rel.ok("deploy", "2", "--json")
     finally:
         stop.set()
-        thread.join()
-    assert {o["result"] for o in json.loads(run.out)} == {"ok"}
-    assert len(results) > 50 and [r for r in results if r != 200] == []
+        for thread in threads:
+            thread.join()
+    assert {o["tenant"]: o["result"] for o in json.loads(run.out)} == {"rela": "ok", "relb": "ok"}
+    for name, statuses in results.items():
+        assert len(statuses) > 50 and [r for r in statuses if r != 200] == [], name
+    assert len(side_runs) >= 4 and all(r.code == 0 for r in side_runs), [r.err for r in side_runs if r.code]
+    rel.ok("maintenance", "relc", "off")
+    assert rel.get("relc").status_code == 200 and "Notes, release two" not in rel.get("relc").text
+    rel.ok("rm", "relc", "--yes")
     for name in ("rela", "relb"):
         assert "Notes, release two" in rel.get(name).text
         assert "notes_tag" in rel.tables(name)

@@ -2,7 +2,7 @@
 import yaml
 
 from tenantkit.model import Tenant
-from tenantkit.render.compose import dump_compose, render_compose
+from tenantkit.render.compose import dump_compose, render_stack, render_tenant_compose
 from tenantkit.render.settings import render_settings
 
 
@@ -12,19 +12,42 @@ def tenant(project, name, port, **extra):
                   path=project.tenant_dir(name), **extra)
 
 
-def test_each_tenant_gets_a_service_with_health_restart_memory_and_its_own_network(project):
+def render_compose(project, tenants, image, proxy_image=None):
+    """The whole stack as one document: the stack file with its includes merged in, as Compose sees it."""
+    doc = render_stack(project, tenants, proxy_image)
+    for i, t in enumerate(tenants):
+        part = render_tenant_compose(project, t, image, f"10.213.0.{16 * i}/28")
+        doc["services"].update(part["services"])
+        doc.setdefault("networks", {}).update(part["networks"])
+    return doc
+
+
+def test_each_tenant_gets_a_service_with_restart_memory_and_its_own_network(project):
     doc = render_compose(project, [tenant(project, "acme", 8101, memory="512m"),
                                    tenant(project, "zed", 8102)], "tktest/app:src-1")
     acme = doc["services"]["tenant-acme"]
     assert acme["image"] == "tktest/app:src-1"
-    assert acme["healthcheck"]["test"][-1] == "/opt/tenantkit/healthcheck.py"
+    assert "healthcheck" not in acme  # the proxy checks health over HTTP: no exec per interval
     assert acme["restart"] == "unless-stopped"
     assert acme["mem_limit"] == "512m"
     assert doc["services"]["tenant-zed"]["mem_limit"] == "256m"
-    assert acme["networks"] == ["tenant-acme"]
-    assert doc["services"]["tenant-zed"]["networks"] == ["tenant-zed"]
+    assert acme["networks"] == {"tenant-acme": {"aliases": ["tk-acme"]}}
+    assert list(doc["services"]["tenant-zed"]["networks"]) == ["tenant-zed"]
     assert sorted(doc["services"]["db"]["networks"]) == ["tenant-acme", "tenant-zed"]
     assert set(doc["networks"]) == {"tenant-acme", "tenant-zed"}
+
+
+def test_each_tenant_network_has_its_own_explicit_subnet(project):
+    part = render_tenant_compose(project, tenant(project, "acme", 8101), "img", "10.213.0.32/28")
+    assert part["networks"] == {"tenant-acme": {"ipam": {"config": [{"subnet": "10.213.0.32/28"}]}}}
+    assert list(part["services"]) == ["tenant-acme"]
+
+
+def test_the_stack_file_includes_every_tenant_file(project):
+    doc = render_stack(project, [tenant(project, "acme", 8101), tenant(project, "zed", 8102)], "proxy:1")
+    assert doc["include"] == ["tenants/acme.yaml", "tenants/zed.yaml"]
+    assert set(doc["services"]) == {"db", "proxy"}
+    assert doc["services"]["db"]["command"] == ["postgres", "-c", "max_connections=1000"]
 
 
 def test_tenants_publish_on_loopback_only(project):
@@ -38,7 +61,7 @@ def test_tenants_publish_on_loopback_only(project):
 def test_the_settings_module_is_mounted_read_only_and_media_writable(project):
     service = render_compose(project, [tenant(project, "acme", 8101)], "img")["services"]["tenant-acme"]
     folder, media = service["volumes"]
-    assert folder == {"type": "bind", "source": "../tenants/acme", "target": "/srv/tenants/acme",
+    assert folder == {"type": "bind", "source": "../../tenants/acme", "target": "/srv/tenants/acme",
                       "read_only": True}
     assert media["target"] == "/srv/tenants/acme/www/content" and "read_only" not in media
     assert service["environment"]["DJANGO_SETTINGS_MODULE"] == "tenants.acme.settings"
@@ -47,7 +70,7 @@ def test_the_settings_module_is_mounted_read_only_and_media_writable(project):
 
 def test_secrets_reach_containers_through_env_files_only(project):
     doc = render_compose(project, [tenant(project, "acme", 8101)], "img")
-    assert doc["services"]["tenant-acme"]["env_file"] == ["../tenants/acme/secrets.env"]
+    assert doc["services"]["tenant-acme"]["env_file"] == ["../../tenants/acme/secrets.env"]
     assert doc["services"]["db"]["env_file"] == ["../.tenantkit/db.env"]
     text = dump_compose(doc)
     assert "PASSWORD=" not in text and "SECRET_KEY" not in text
@@ -74,6 +97,7 @@ def test_settings_follow_the_seed_and_compile(project):
     compile(text, "settings.py", "exec")
     assert "from main.settings import *" in text
     assert "ALLOWED_HOSTS = ['acme.localhost']" in text
+    assert "ALLOWED_HOSTS.append('tk-acme')" in text  # the proxy's health checks
     assert "TENANT_ROOT = os.path.dirname(os.path.abspath(__file__))" in text
     assert '"NAME": \'acme\'' in text and '"USER": \'acme\'' in text
     assert 'MEDIA_ROOT = os.path.join(TENANT_ROOT, "www", "content")' in text

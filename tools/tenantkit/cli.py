@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from . import lifecycle
+from . import orchestration as orch
 from .act.engine import OperationFailed
 from .model import ConfigError, Project, find_root, load_project
 
@@ -61,7 +61,7 @@ def _project(ctx: click.Context) -> Project:
 @click.pass_context
 def new(ctx, name, hosts, title, memory, workers):
     """Create tenant NAME: tenant.yaml, settings.py, secrets and media folder."""
-    tenant = lifecycle.new(_project(ctx), name, hosts, title, memory, workers)
+    tenant = orch.new(_project(ctx), name, hosts, title, memory, workers)
     click.echo(f"created tenant {tenant.name} in tenants/{tenant.name}/ "
                f"(hosts: {', '.join(tenant.hosts)}; port {tenant.port})")
     click.echo(f"start it with: tenant up {tenant.name}")
@@ -71,7 +71,7 @@ def new(ctx, name, hosts, title, memory, workers):
 @click.pass_context
 def render(ctx):
     """Write compose/compose.yaml and every tenant's settings.py; start nothing."""
-    rendered = lifecycle.render(_project(ctx))
+    rendered = orch.render(_project(ctx))
     click.echo(f"rendered {len(rendered.tenants)} tenant(s) into compose/compose.yaml "
                f"(image {rendered.image})")
 
@@ -81,7 +81,7 @@ def render(ctx):
 @click.pass_context
 def build(ctx, force):
     """Build the shared Django image from the project's code."""
-    click.echo(lifecycle.build(_project(ctx), report, force))
+    click.echo(orch.build(_project(ctx), report, force))
 
 
 @cli.command()
@@ -91,7 +91,7 @@ def build(ctx, force):
 def up(ctx, names, all_):
     """Start tenants: build, create databases, migrate, run, wait until healthy."""
     project = _project(ctx)
-    for tenant in lifecycle.up(project, names, all_, report):
+    for tenant in orch.up(project, names, all_, report):
         click.echo(f"{tenant.name}\t{project.tenant_url(tenant)}")
 
 
@@ -101,7 +101,7 @@ def up(ctx, names, all_):
 @click.pass_context
 def down(ctx, names, all_):
     """Stop tenants' containers; their data, media and settings are kept."""
-    for tenant in lifecycle.down(_project(ctx), names, all_, report):
+    for tenant in orch.down(_project(ctx), names, all_, report):
         click.echo(f"{tenant.name}\tstopped")
 
 
@@ -110,7 +110,7 @@ def down(ctx, names, all_):
 @click.pass_context
 def list_(ctx, as_json):
     """List tenants with their state, URL and database."""
-    rows = lifecycle.status(_project(ctx))
+    rows = orch.status(_project(ctx))
     if as_json:
         click.echo(json.dumps([row.to_dict() for row in rows], indent=2))
         return
@@ -149,8 +149,7 @@ def manage(ctx, all_, jobs, as_json, words):
         command = words[1:] if words[:1] == ["--"] else words
         if not command:
             raise click.UsageError("give the manage.py command after --, such as: tenant manage --all -- check")
-        from . import fleet
-        outcomes, folder = fleet.manage_all(_project(ctx), command, jobs, report)
+        outcomes, folder = orch.manage_all(_project(ctx), command, jobs, report)
         print_outcomes(outcomes, folder, "manage", as_json)
         return
     if not words or words[0] == "--":
@@ -161,7 +160,7 @@ def manage(ctx, all_, jobs, as_json, words):
     if not command:
         raise click.UsageError("give the manage.py command after --, such as: tenant manage acme -- check")
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    ctx.exit(lifecycle.manage(_project(ctx), name, command, interactive))
+    ctx.exit(orch.manage(_project(ctx), name, command, interactive))
 
 
 @cli.command()
@@ -173,8 +172,7 @@ def manage(ctx, all_, jobs, as_json, words):
 @click.pass_context
 def migrate(ctx, names, all_, jobs, as_json):
     """Apply migrations; checks every tenant against the release at once and migrates only where needed."""
-    from . import fleet
-    outcomes, folder = fleet.migrate(_project(ctx), names, all_, jobs, report)
+    outcomes, folder = orch.migrate(_project(ctx), names, all_, jobs, report)
     print_outcomes(outcomes, folder, "migrate", as_json)
 
 
@@ -184,7 +182,7 @@ def migrate(ctx, names, all_, jobs, as_json):
 @click.pass_context
 def status(ctx, names, as_json):
     """State, health, image, memory, uptime and database size of tenants."""
-    rows = lifecycle.status_detail(_project(ctx), names)
+    rows, server = orch.status_detail(_project(ctx), names)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -192,13 +190,19 @@ def status(ctx, names, as_json):
     def size(value):
         return "-" if value is None else f"{value / 2**20:.1f}MiB"
 
-    table = [("NAME", "STATE", "HEALTH", "MEMORY", "UPTIME", "DB SIZE", "IMAGE")]
+    table = [("NAME", "STATE", "HEALTH", "MEMORY", "UPTIME", "DB SIZE", "DB CONN", "IMAGE")]
     for r in rows:
         table.append((r["name"], r["state"] + (" (maintenance)" if r["maintenance"] else ""), r["health"] or "-",
                       "-" if r["memory_mib"] is None else f"{r['memory_mib']}MiB",
                       "-" if r["uptime_seconds"] is None else f"{r['uptime_seconds']}s",
-                      size(r["database_bytes"]), r["image"] or "-"))
+                      size(r["database_bytes"]),
+                      "-" if r["connections"] is None else f"{r['connections']}/{r['connection_limit']}",
+                      r["image"] or "-"))
     print_table(table)
+    if server:
+        busiest = max(server.by_database.items(), key=lambda item: item[1], default=("-", 0))
+        click.echo(f"\ndatabase server: {server.in_use} of {server.limit} connections in use "
+                   f"(busiest: {busiest[0]}, {busiest[1]})")
 
 
 @cli.command()
@@ -208,7 +212,7 @@ def status(ctx, names, as_json):
 @click.pass_context
 def logs(ctx, name, follow, lines):
     """The tenant's container output, then its Apache access and error logs."""
-    ctx.exit(lifecycle.logs(_project(ctx), name, follow, lines))
+    ctx.exit(orch.logs(_project(ctx), name, follow, lines))
 
 
 @cli.command()
@@ -217,7 +221,7 @@ def logs(ctx, name, follow, lines):
 @click.pass_context
 def maintenance(ctx, name, switch):
     """Turn maintenance mode on or off: the tenant's vhost answers 503 with a notice."""
-    tenant = lifecycle.maintenance(_project(ctx), name, switch == "on", report)
+    tenant = orch.maintenance(_project(ctx), name, switch == "on", report)
     click.echo(f"{tenant.name}\tmaintenance {switch}")
 
 
@@ -241,14 +245,13 @@ def apache(ctx, mode, port, out, root, version, python, user):
     project = _project(ctx)
     if mode == "proxy":
         out = out or project.root / "compose" / "apache" / "host"
-        files = lifecycle.apache_proxy(project, out, port, report)
+        files = orch.apache_proxy(project, out, port, report)
         click.echo(f"wrote {len(files)} vhosts to {out}")
         click.echo(f"add to your Apache config:  Include {out}/*.conf   (a2enmod proxy proxy_http headers rewrite)")
         return
     if root is None or version is None:
         raise click.UsageError("--mode wsgi needs --root DIR and --release VERSION")
-    from .classic import apache_wsgi
-    tenants = apache_wsgi(project, root, version, port, python, user, report)
+    tenants = orch.apache_wsgi(project, root, version, port, python, user, report)
     click.echo(f"release {version} is current in {root.resolve()}; {len(tenants)} tenant vhosts in {root.resolve()}/apache")
     click.echo(f"add to your Apache config:  Include {root.resolve()}/apache/*.conf   (a2enmod wsgi)")
 
@@ -263,8 +266,7 @@ def set_(ctx, name, assignments):
 
     Lists are comma-separated: tenant set acme hosts=acme.localhost,www.acme.example.com
     """
-    from . import backups
-    tenant = backups.set_values(_project(ctx), name, assignments)
+    tenant = orch.set_values(_project(ctx), name, assignments)
     click.echo(f"{tenant.name}: tenant.yaml updated; apply it with `tenant up {tenant.name}`")
 
 
@@ -276,8 +278,7 @@ def set_(ctx, name, assignments):
 @click.pass_context
 def backup(ctx, names, all_, with_secrets, as_json):
     """Archive tenants: database dump, media and tenant folder, with checksums."""
-    from . import backups
-    paths = backups.backup(_project(ctx), names, all_, with_secrets, report)
+    paths = orch.backup(_project(ctx), names, all_, with_secrets, report)
     if as_json:
         click.echo(json.dumps([str(p) for p in paths]))
     for path in [] if as_json else paths:
@@ -292,7 +293,6 @@ def backup(ctx, names, all_, with_secrets, as_json):
 @click.pass_context
 def rm(ctx, name, yes, keep_data):
     """Remove a tenant: archive it first, then drop its database and delete its folder."""
-    from . import backups
     project = _project(ctx)
     what = ("its container, network and vhost (data kept)" if keep_data else
             f"archive it, then drop its database and role and delete tenants/{name}/")
@@ -300,7 +300,7 @@ def rm(ctx, name, yes, keep_data):
         if not sys.stdin.isatty():
             raise click.UsageError(f"removing {name} needs confirmation: pass --yes")
         click.confirm(f"Remove tenant {name}: {what}?", abort=True, err=True)
-    saved = backups.rm(project, name, keep_data, report)
+    saved = orch.rm(project, name, keep_data, report)
     click.echo(f"removed {name}" + (f"; archive: {saved}" if saved else "; data kept"))
 
 
@@ -311,9 +311,8 @@ def rm(ctx, name, yes, keep_data):
 @click.pass_context
 def restore(ctx, archive, as_name, hosts):
     """Bring a tenant back from an archive made by `tenant backup` or `tenant rm`."""
-    from . import backups
     project = _project(ctx)
-    tenant = backups.restore(project, archive, as_name, hosts, report)
+    tenant = orch.restore(project, archive, as_name, hosts, report)
     click.echo(f"{tenant.name}\t{project.tenant_url(tenant)}")
 
 
@@ -324,9 +323,8 @@ def restore(ctx, archive, as_name, hosts):
 @click.pass_context
 def clone(ctx, src, dst, hosts):
     """Create DST with a copy of SRC's database and media, and its own credentials."""
-    from . import backups
     project = _project(ctx)
-    tenant = backups.clone(project, src, dst, hosts, report)
+    tenant = orch.clone(project, src, dst, hosts, report)
     click.echo(f"{tenant.name}\t{project.tenant_url(tenant)}")
 
 
@@ -336,8 +334,7 @@ def clone(ctx, src, dst, hosts):
 @click.pass_context
 def import_(ctx, path, move):
     """Import tenants from the classic layout (PATH/shared/tenants/*/settings.py)."""
-    from .importer import import_classic
-    tenants = import_classic(_project(ctx), path, move, report)
+    tenants = orch.import_classic(_project(ctx), path, move, report)
     for tenant in tenants:
         click.echo(f"{tenant.name}\t{', '.join(tenant.hosts)}\tdatabase {tenant.names.database}")
     click.echo(f"start them with: tenant up {' '.join(t.name for t in tenants)}")
@@ -355,8 +352,7 @@ def release():
 @click.pass_context
 def release_build(ctx, version, force, as_json):
     """Build the image of the current code as release VERSION."""
-    from . import releases
-    record = releases.build_release(_project(ctx), version, force, report)
+    record = orch.build_release(_project(ctx), version, force, report)
     click.echo(json.dumps(record, indent=2) if as_json else
                f"release {record['version']}: {record['image']} (source {record['revision'] or 'not a git checkout'})")
 
@@ -366,8 +362,7 @@ def release_build(ctx, version, force, as_json):
 @click.pass_context
 def releases_(ctx, as_json):
     """List releases, which one is current, and which tenants run which."""
-    from . import releases
-    rows = releases.list_releases(_project(ctx))
+    rows = orch.list_releases(_project(ctx))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -386,8 +381,7 @@ def releases_(ctx, as_json):
 @click.pass_context
 def deploy(ctx, version, names, keep_going, jobs, as_json):
     """Deploy release VERSION to tenants (default: all but pinned ones), without downtime."""
-    from . import releases
-    outcomes = releases.deploy(_project(ctx), version, names, keep_going, jobs, report)
+    outcomes = orch.deploy(_project(ctx), version, names, keep_going, jobs, report)
     print_outcomes(outcomes, None, "deploy", as_json)
 
 
@@ -397,8 +391,7 @@ def deploy(ctx, version, names, keep_going, jobs, as_json):
 @click.pass_context
 def rollback(ctx, names, as_json):
     """Return tenants (default: all that have one) to their previous release."""
-    from . import releases
-    outcomes = releases.rollback(_project(ctx), names, report)
+    outcomes = orch.rollback(_project(ctx), names, report)
     print_outcomes(outcomes, None, "rollback", as_json)
 
 
@@ -407,9 +400,8 @@ def rollback(ctx, names, as_json):
 @click.pass_context
 def dev(ctx, switch):
     """Development mode: every tenant runs the working tree with reloading (off: their releases)."""
-    from . import releases
     project = _project(ctx)
-    for tenant in releases.dev(project, switch == "on", report):
+    for tenant in orch.dev(project, switch == "on", report):
         click.echo(f"{tenant.name}\t{project.tenant_url(tenant)}")
 
 

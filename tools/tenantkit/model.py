@@ -6,12 +6,20 @@ the line and the fix.
 """
 from __future__ import annotations
 
+import enum
+import hashlib
+import ipaddress
+import json
+import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
+
+# libyaml's C loader when present: tenant.yaml files are read by the thousand.
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 CONFIG_FILE = "tenantkit.yaml"
 LOCAL_CONFIG_FILE = "tenantkit.local.yaml"  # machine-specific overrides, not committed
@@ -32,6 +40,8 @@ MEMORY_RE = re.compile(r"^([1-9][0-9]*)([kmg])$")
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
 
+APP_PORT = 8000  # where gunicorn listens inside every tenant container
+
 
 class ConfigError(Exception):
     """Bad input that the user can fix; the CLI prints it on one line and exits 2."""
@@ -48,6 +58,8 @@ class TenantNames:
     role: str
     vhost: str
     settings_module: str
+    backend_host: str  # the container's name on its network: a valid Host header (no "_")
+    compose_file: str  # compose/tenants/<file>: the tenant's own part of the stack
 
 
 def tenant_names(name: str, database: str | None = None, role: str | None = None) -> TenantNames:
@@ -64,6 +76,8 @@ def tenant_names(name: str, database: str | None = None, role: str | None = None
         role=role or database or name,
         vhost=f"{name}.conf",
         settings_module=f"tenants.{name}.settings",
+        backend_host=f"tk-{name.replace('_', '-')}",
+        compose_file=f"{name}.yaml",
     )
 
 
@@ -76,16 +90,40 @@ class Images:
     proxy_base: str = "httpd:2.4"
 
 
-PROXY_MODES = ("compose", "host", "none")
+class ProxyMode(str, enum.Enum):
+    """Where Apache runs: a compose service, the host's own Apache, or nowhere."""
+
+    COMPOSE = "compose"
+    HOST = "host"
+    NONE = "none"
 
 
 @dataclass(frozen=True)
 class Proxy:
     """Apache in front of the tenants: a compose service, the host's own Apache, or none."""
 
-    mode: str = "compose"
+    mode: ProxyMode = ProxyMode.COMPOSE
     port: int = 8080  # compose: published on 127.0.0.1; host: the port the host's Apache listens on
     reload_command: tuple[str, ...] = ()  # host mode: how to reload the host's Apache
+    health_interval: int = 30  # seconds between the proxy's health checks of each tenant
+
+
+@dataclass(frozen=True)
+class NetworkPool:
+    """Where tenant networks get their subnets: explicit ones, so the engine's default
+    address pools (about 30 networks) never limit the fleet."""
+
+    pool: ipaddress.IPv4Network = ipaddress.IPv4Network("10.213.0.0/16")
+    prefix: int = 28
+
+    @property
+    def capacity(self) -> int:
+        return 2 ** (self.prefix - self.pool.prefixlen)
+
+    def subnet(self, index: int) -> ipaddress.IPv4Network:
+        """The index-th subnet of the pool."""
+        size = 2 ** (32 - self.prefix)
+        return ipaddress.IPv4Network((int(self.pool.network_address) + index * size, self.prefix))
 
 
 @dataclass(frozen=True)
@@ -98,6 +136,7 @@ class DatabaseServer:
     admin_user: str
     publish_port: int  # where the compose service answers on 127.0.0.1
     admin_password_file: Path | None = None  # external servers only
+    max_connections: int = 1000  # the compose db service's max_connections
 
     @property
     def admin_host(self) -> str:
@@ -131,12 +170,31 @@ class Project:
     first_port: int
     defaults: TenantDefaults
     proxy: Proxy = Proxy()
+    networks: NetworkPool = NetworkPool()
     backups_dir: Path | None = None
     dev: bool = False  # `tenant dev on`: tenants run the working tree with reloading
 
     @property
-    def releases_file(self) -> Path:
-        return self.state_dir / "releases.json"
+    def state_file(self) -> Path:
+        """The runtime state every tenant process shares (see act/state.py)."""
+        return self.state_dir / "state.json"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Caches that only save work: deleting them is always safe."""
+        return self.state_dir / "cache"
+
+    @property
+    def tenant_compose_dir(self) -> Path:
+        """One compose file per tenant, included by compose/compose.yaml."""
+        return self.root / "compose" / "tenants"
+
+    def tenant_compose_file(self, tenant: "Tenant") -> Path:
+        return self.tenant_compose_dir / tenant.names.compose_file
+
+    def network_name(self, names: TenantNames) -> str:
+        """The engine's name of a tenant's network (Compose prefixes the project name)."""
+        return f"{self.name}_{names.network}"
 
     @property
     def tenants_dir(self) -> Path:
@@ -174,7 +232,7 @@ class Project:
 
     def tenant_url(self, tenant: "Tenant") -> str:
         """Where users reach a tenant: through the proxy when there is one."""
-        if self.proxy.mode == "none":
+        if self.proxy.mode is ProxyMode.NONE:
             return tenant.url()
         port = "" if self.proxy.port == 80 else f":{self.proxy.port}"
         return f"http://{tenant.primary_host}{port}/"
@@ -247,7 +305,7 @@ def check_name(value: Any) -> str:
         raise ValueError(f"{value!r} is a path, not a tenant name; use a lowercase identifier such as acme")
     if len(value) > NAME_MAX:
         raise ValueError(f"{value!r} is longer than {NAME_MAX} characters")
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a lowercase identifier: use a-z, 0-9 and _, starting with a letter")
     if value in RESERVED_NAMES or value.startswith("pg_"):
@@ -262,7 +320,7 @@ def check_host(value: Any) -> str:
     host = value.strip().lower().rstrip(".")
     if host != value.lower().rstrip(".") or len(host) > 253 or "." not in host and host != "localhost":
         raise ValueError(f"{value!r} is not a valid host name; use a name such as acme.example.com")
-    if not all(HOST_LABEL_RE.match(label) for label in host.split(".")):
+    if not all(HOST_LABEL_RE.fullmatch(label) for label in host.split(".")):
         raise ValueError(
             f"{value!r} is not a valid host name: use letters, digits, '-' and '.', such as acme.example.com")
     return host
@@ -271,7 +329,7 @@ def check_host(value: Any) -> str:
 def check_memory(value: Any) -> str:
     """A container memory limit such as 256m or 1g, at least 64m."""
     text = str(value).strip().lower()
-    match = MEMORY_RE.match(text)
+    match = MEMORY_RE.fullmatch(text)
     if not match:
         raise ValueError(f"{value!r} is not a size such as 256m or 1g")
     number, unit = int(match.group(1)), match.group(2)
@@ -302,13 +360,13 @@ def check_title(value: Any) -> str:
 
 
 def check_module(value: Any) -> str:
-    if not isinstance(value, str) or not MODULE_RE.match(value):
+    if not isinstance(value, str) or not MODULE_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not a dotted Python module name such as main.settings")
     return value
 
 
 def check_image(value: Any) -> str:
-    if not isinstance(value, str) or not IMAGE_RE.match(value):
+    if not isinstance(value, str) or not IMAGE_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not an image reference such as postgres:15")
     return value
 
@@ -338,7 +396,7 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
         raise ConfigError(f"{display_path(path)} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{display_path(path)} cannot be read: {exc}") from None
-    loader = yaml.SafeLoader(text)
+    loader = SafeLoader(text)
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else {}
@@ -496,6 +554,7 @@ def load_project(root: Path) -> Project:
         admin_user=db.get("admin_user", check_text, "postgres"),
         publish_port=db.get("publish_port", check_port, 54329),
         admin_password_file=(root / password_file) if password_file else None,
+        max_connections=db.get("max_connections", lambda v: check_count(v, 20, 100000), 1000),
     )
     db.done()
     if not service and database.admin_password_file is None:
@@ -509,11 +568,20 @@ def load_project(root: Path) -> Project:
 
     px = top.section("proxy")
     proxy = Proxy(
-        mode=px.get("mode", _one_of(PROXY_MODES), "compose"),
+        mode=ProxyMode(px.get("mode", _one_of([m.value for m in ProxyMode]), "compose")),
         port=px.get("port", check_port_any, 8080),
         reload_command=px.get("reload_command", _list_of(check_text), ()),
+        health_interval=px.get("health_interval", lambda v: check_count(v, 1, 3600), 30),
     )
     px.done()
+
+    net = top.section("networks")
+    networks = NetworkPool(pool=net.get("pool", check_pool, default_pool(name)),
+                           prefix=net.get("prefix", lambda v: check_count(v, 16, 29), NetworkPool.prefix))
+    net.done()
+    if networks.prefix <= networks.pool.prefixlen:
+        raise net.error("prefix", f"/{networks.prefix} is not smaller than the pool {networks.pool}; "
+                                  "use a longer prefix such as 28")
 
     dflt = top.section("tenant_defaults")
     defaults = TenantDefaults(
@@ -527,7 +595,7 @@ def load_project(root: Path) -> Project:
         root=root, name=name, source=source, settings=settings, requirements=requirements,
         health_path=health_path, domain=domain, images=images, database=database,
         wheelhouse=(root / wheelhouse) if wheelhouse else None, first_port=first_port,
-        defaults=defaults, proxy=proxy, backups_dir=root / backups,
+        defaults=defaults, proxy=proxy, networks=networks, backups_dir=root / backups,
         dev=(root / ".tenantkit" / "dev").exists(),
     )
 
@@ -542,13 +610,31 @@ def _one_of(choices):
 
 def check_name_like(value: Any) -> str:
     """A compose project name: lowercase letters, digits, '-' and '_'."""
-    if not isinstance(value, str) or not re.match(r"^[a-z][a-z0-9_-]{0,39}$", value):
+    if not isinstance(value, str) or not re.fullmatch(r"[a-z][a-z0-9_-]{0,39}", value):
         raise ValueError(f"{value!r} is not a lowercase name such as tenantkit")
     return value
 
 
+def default_pool(project_name: str) -> ipaddress.IPv4Network:
+    """A /16 of 10.128.0.0/9 derived from the project's name, so that two projects on one
+    engine rarely start out overlapping (and are refused, with the fix, when they do)."""
+    second = 128 + int(hashlib.sha256(project_name.encode()).hexdigest(), 16) % 112
+    return ipaddress.IPv4Network(f"10.{second}.0.0/16")
+
+
+def check_pool(value: Any) -> ipaddress.IPv4Network:
+    """A private IPv4 range for tenant networks, such as 10.213.0.0/16."""
+    try:
+        network = ipaddress.IPv4Network(str(value), strict=True)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 network such as 10.213.0.0/16") from None
+    if not network.is_private:
+        raise ValueError(f"{value!r} is not a private range; use one of 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16")
+    return network
+
+
 def check_host_or_service(value: Any) -> str:
-    if isinstance(value, str) and re.match(r"^[a-z0-9][a-z0-9.-]*$", value):
+    if isinstance(value, str) and re.fullmatch(r"[a-z0-9][a-z0-9.-]*", value):
         return value
     raise ValueError(f"{value!r} is not a host name")
 
@@ -598,8 +684,8 @@ def tenant_from_mapping(project: Project, name: str, data: dict, lines: dict[str
         path=folder,
     )
     db = f.section("database")
-    tenant = Tenant(**{**tenant.__dict__, "database": db.get("name", check_db_identifier, None),
-                       "db_user": db.get("user", check_db_identifier, None)})
+    tenant = replace(tenant, database=db.get("name", check_db_identifier, None),
+                     db_user=db.get("user", check_db_identifier, None))
     db.done()
     f.done()
     return tenant
@@ -611,33 +697,94 @@ RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 def check_release(value: Any) -> str:
     """A release version: it becomes an image tag, so letters, digits, '.', '_' and '-'."""
     value = str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-    if not isinstance(value, str) or not RELEASE_RE.match(value):
+    if not isinstance(value, str) or not RELEASE_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not a release version such as 1.2.0 (letters, digits, . _ -)")
     return value
 
 
 def check_db_identifier(value: Any) -> str:
     """An existing PostgreSQL database or role name (imported tenants)."""
-    if not isinstance(value, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$", value):
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$-]{0,62}", value):
         raise ValueError(f"{value!r} is not a PostgreSQL identifier")
     return value
 
 
+def _tenant_files(project: Project) -> list[tuple[str, os.stat_result]]:
+    """(name, stat of its tenant.yaml) of every folder under tenants/ that holds one, sorted."""
+    try:
+        entries = sorted(os.scandir(project.tenants_dir), key=lambda entry: entry.name)
+    except FileNotFoundError:
+        return []
+    found = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            found.append((entry.name, os.stat(os.path.join(entry.path, TENANT_FILE))))
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+    return found
+
+
 def tenant_folder_names(project: Project) -> list[str]:
     """Names of the folders under tenants/ that hold a tenant.yaml, sorted."""
-    if not project.tenants_dir.is_dir():
-        return []
-    return sorted(
-        entry.name for entry in project.tenants_dir.iterdir()
-        if not entry.name.startswith(".") and (entry / TENANT_FILE).is_file()
-    )
+    return [name for name, _ in _tenant_files(project)]
+
+
+TENANT_FIELDS = ("name", "hosts", "title", "port", "memory", "workers", "threads", "apps", "maintenance",
+                 "enabled", "release", "database", "db_user")
+
+
+def _tenant_record(tenant: Tenant) -> dict:
+    return {key: getattr(tenant, key) for key in TENANT_FIELDS}
+
+
+def _tenant_from_record(project: Project, record: dict, tenants_dir: Path) -> Tenant:
+    record = dict(record, hosts=tuple(record["hosts"]), apps=tuple(record["apps"]))
+    return Tenant(**record, path=tenants_dir.joinpath(record["name"]))
 
 
 def load_tenants(project: Project) -> list[Tenant]:
-    """Load every tenant and check that no two claim the same host or port."""
-    tenants = [load_tenant(project, name) for name in tenant_folder_names(project)]
+    """Load every tenant and check that no two claim the same host or port.
+
+    A tenant.yaml unchanged since the last load (same size and mtime) is taken from
+    .tenantkit/cache/tenants.json instead of being parsed and validated again, so a fleet
+    of thousands loads in milliseconds. The cache only saves work: it is keyed by the
+    project's defaults too, and deleting it is always safe.
+    """
+    cache_path = project.cache_dir / "tenants.json"
+    key = hashlib.sha256(repr(project.defaults).encode()).hexdigest()[:16]
+    try:
+        cache = json.loads(cache_path.read_text())
+        entries = cache["tenants"] if cache.get("key") == key else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        entries = {}
+    fresh: dict[str, dict] = {}
+    tenants = []
+    for name, stat in _tenant_files(project):
+        stamp = [stat.st_mtime_ns, stat.st_size]
+        entry = entries.get(name)
+        if entry is not None and entry["stamp"] == stamp:
+            tenant = _tenant_from_record(project, entry["tenant"], project.tenants_dir)
+        else:
+            tenant = load_tenant(project, name)
+        fresh[name] = {"stamp": stamp, "tenant": _tenant_record(tenant)}
+        tenants.append(tenant)
     check_unique(tenants)
+    if fresh != entries:
+        _write_cache(cache_path, {"key": key, "tenants": fresh})
     return tenants
+
+
+def _write_cache(path: Path, data: dict) -> None:
+    """Write a cache file atomically; a cache that cannot be written is only a lost saving."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, separators=(",", ":")))
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def check_unique(tenants: list[Tenant]) -> None:

@@ -8,6 +8,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixe
 
 import os
 import subprocess
+from dataclasses import dataclass
 
 from ..model import ConfigError, Project, TenantNames
 from .engine import OperationFailed, compose_command, tail
@@ -50,18 +51,20 @@ def harden_server(conn) -> None:
             cur.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
 
 
-def provision_database(conn, names: TenantNames, password: str) -> bool:
+def provision_database(conn, names: TenantNames, password: str, connection_limit: int = -1) -> bool:
     """Create (or repair) the tenant's role and database; True when the database is new.
 
     The role is a plain login role that owns only its database; CONNECT is revoked from
-    PUBLIC so no other tenant's role can even open it.
+    PUBLIC so no other tenant's role can even open it. CONNECTION LIMIT caps what the
+    role may hold, so one busy tenant cannot take every connection of the server.
     """
     role, database = sql.Identifier(names.role), sql.Identifier(names.database)
     with conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (names.role,))
         verb = "ALTER" if cur.fetchone() else "CREATE"
         cur.execute(sql.SQL(verb + " ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
-                            "NOREPLICATION PASSWORD %s").format(role), (password,))
+                            "NOREPLICATION CONNECTION LIMIT %s PASSWORD %s").format(role),
+                    (connection_limit, password))
         cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (names.database,))
         created = cur.fetchone() is None
         if created:
@@ -120,6 +123,25 @@ def database_exists(conn, names: TenantNames) -> bool:
     with conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (names.database,))
         return cur.fetchone() is not None
+
+
+@dataclass(frozen=True)
+class Connections:
+    """Connections in use on the server, against its limit, and by database."""
+
+    in_use: int
+    limit: int
+    by_database: dict[str, int]
+
+
+def connections(conn) -> Connections:
+    with conn.cursor() as cur:
+        cur.execute("SHOW max_connections")
+        limit = int(cur.fetchone()[0])
+        cur.execute("SELECT datname, count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                    "GROUP BY datname")
+        by_database = {name: count for name, count in cur.fetchall() if name}
+    return Connections(sum(by_database.values()), limit, by_database)
 
 
 def database_sizes(conn) -> dict[str, int]:

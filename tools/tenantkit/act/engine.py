@@ -1,13 +1,17 @@
 """Talk to the Docker engine (through the Docker SDK) and to Compose (its CLI)."""
 from __future__ import annotations
 
+import enum
+import ipaddress
+import os
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 import docker
 import docker.errors
 
-from ..model import ConfigError, Project
+from ..model import ConfigError, Project, Tenant
 
 ENGINE_HINT = ("start one with `make engine` (installs and starts Docker on Debian/Ubuntu as root), "
                "or `sudo systemctl start docker`")
@@ -28,17 +32,22 @@ def connect() -> docker.DockerClient:
     return client
 
 
-def compose_command(project: Project) -> list[str]:
-    return ["docker", "compose", "-f", str(project.compose_file), "-p", project.name]
+def compose_command(project: Project, tenant: Tenant | None = None) -> list[str]:
+    """`docker compose` on the whole stack, or on one tenant's own file: a command about one
+    tenant then costs the same however many tenants the stack has."""
+    path = project.compose_file if tenant is None else project.tenant_compose_file(tenant)
+    return ["docker", "compose", "-f", str(path), "-p", project.name]
 
 
-def compose(project: Project, *args: str, capture: bool = True, check: bool = True,
-            interactive: bool = False) -> subprocess.CompletedProcess:
-    """Run `docker compose ARGS` on the project's compose file."""
-    command = [*compose_command(project), *args]
+def compose(project: Project, *args: str, tenant: Tenant | None = None, capture: bool = True,
+            check: bool = True, interactive: bool = False) -> subprocess.CompletedProcess:
+    """Run `docker compose ARGS` on the project's compose file (or on `tenant`'s own)."""
+    command = [*compose_command(project, tenant), *args]
+    # One tenant's file does not name the other services: they are not orphans.
+    env = {**os.environ, "COMPOSE_IGNORE_ORPHANS": "1"} if tenant is not None else None
     try:
         result = subprocess.run(
-            command, cwd=project.root, text=True,
+            command, cwd=project.root, text=True, env=env,
             stdin=None if interactive else subprocess.DEVNULL,
             stdout=subprocess.PIPE if capture else None,
             stderr=subprocess.STDOUT if capture else None,
@@ -57,51 +66,128 @@ def tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+class ContainerState(str, enum.Enum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+    ABSENT = "absent"
+    DISABLED = "disabled"  # a tenant removed with --keep-data: nothing runs by design
+
+
 @dataclass(frozen=True)
-class ServiceState:
-    state: str  # running, stopped or absent
-    health: str  # healthy, unhealthy, starting or "" when unknown
-    container: object | None = None
+class Container:
+    """The fields tenantkit reads of one container, from one list call (no inspect)."""
+
+    id: str
+    name: str
+    service: str
+    state: ContainerState
+    image: str
+    restarting: bool
+    labels: dict
+
+    @classmethod
+    def from_list_entry(cls, entry: dict) -> "Container":
+        labels = entry.get("Labels") or {}
+        status = entry.get("State", "")
+        return cls(
+            id=entry["Id"], name=(entry.get("Names") or ["/"])[0].lstrip("/"),
+            service=labels.get("com.docker.compose.service", ""),
+            state=ContainerState.RUNNING if status in ("running", "restarting") else ContainerState.STOPPED,
+            image=entry.get("Image", ""), restarting=status == "restarting", labels=labels,
+        )
 
 
-ABSENT = ServiceState("absent", "")
-
-
-def service_states(client: docker.DockerClient, project: Project) -> dict[str, ServiceState]:
-    """The state of every compose service of the project, by service name."""
-    listed = client.api.containers(all=True, filters={"label": f"com.docker.compose.project={project.name}"})
-    states: dict[str, ServiceState] = {}
+def containers(client: docker.DockerClient, project: Project, service: str | None = None) -> dict[str, Container]:
+    """The project's service containers (one-off runs excluded) by service name; with
+    `service`, only that one, filtered by the engine."""
+    filters = [f"com.docker.compose.project={project.name}"]
+    if service:
+        filters.append(f"com.docker.compose.service={service}")
+    listed = client.api.containers(all=True, filters={"label": filters})
+    found: dict[str, Container] = {}
     for entry in listed:
-        if (entry.get("Labels") or {}).get("com.docker.compose.oneoff") == "True":
+        container = Container.from_list_entry(entry)
+        if container.labels.get("com.docker.compose.oneoff") == "True":
             continue
-        try:
-            container = client.containers.get(entry["Id"])
-        except docker.errors.NotFound:  # removed since it was listed (a deploy's next container)
-            continue
-        labels = container.labels
-        service = labels.get("com.docker.compose.service", "")
-        running = container.status == "running"
-        health = container.attrs.get("State", {}).get("Health", {}).get("Status", "")
-        states[service] = ServiceState("running" if running else "stopped", health, container)
-    return states
+        found[container.service] = container
+    return found
+
+
+def container(client: docker.DockerClient, project: Project, service: str) -> Container | None:
+    return containers(client, project, service).get(service)
+
+
+def state_of(found: Container | None) -> ContainerState:
+    return found.state if found is not None else ContainerState.ABSENT
+
+
+def container_logs(client: docker.DockerClient, found: Container | None, lines: int = 20) -> str:
+    if found is None:
+        return ""
+    try:
+        return client.api.logs(found.id, tail=lines).decode(errors="replace")
+    except docker.errors.NotFound:
+        return ""
+
+
+def networks_of(client: docker.DockerClient, container_id: str) -> set[str]:
+    attrs = client.api.inspect_container(container_id)
+    return set(attrs["NetworkSettings"]["Networks"])
 
 
 def attach_to_networks(client: docker.DockerClient, project: Project, service: str,
                        networks: list[str]) -> list[str]:
-    """Connect a running service's container to compose networks it is not on yet.
+    """Connect a running service's container to engine networks it is not on yet.
 
     Compose recreates a container whose network list changed; for the shared database
     that would cut every tenant off, so tenantkit attaches it to a new tenant's network
     instead. Returns the networks it attached.
     """
-    state = service_states(client, project).get(service, ABSENT)
-    if state.container is None:
+    found = container(client, project, service)
+    if found is None:
         return []
-    current = set(state.container.attrs["NetworkSettings"]["Networks"])
+    current = networks_of(client, found.id)
     attached = []
     for network in networks:
-        full = f"{project.name}_{network}"
-        if full not in current:
-            client.networks.get(full).connect(state.container, aliases=[service])
+        if network not in current:
+            client.api.connect_container_to_network(found.id, network, aliases=[service])
             attached.append(network)
     return attached
+
+
+def foreign_subnets(client: docker.DockerClient, project: Project) -> list[ipaddress.IPv4Network]:
+    """IPv4 subnets of the engine's networks that are not this project's (one list call)."""
+    subnets = []
+    for network in client.api.networks():
+        if (network.get("Labels") or {}).get("com.docker.compose.project") == project.name:
+            continue
+        for config in (network.get("IPAM") or {}).get("Config") or []:
+            try:
+                subnets.append(ipaddress.IPv4Network(config.get("Subnet", ""), strict=False))
+            except ValueError:
+                pass  # IPv6 or no subnet
+    return subnets
+
+
+def network_exists(client: docker.DockerClient, name: str) -> bool:
+    try:
+        client.api.inspect_network(name)
+        return True
+    except docker.errors.NotFound:
+        return False
+
+
+def remove_network(client: docker.DockerClient, name: str) -> None:
+    """Disconnect everything from a network and remove it; a missing one is fine."""
+    try:
+        attrs = client.api.inspect_network(name)
+    except docker.errors.NotFound:
+        return
+    for container_id in attrs.get("Containers") or {}:
+        client.api.disconnect_container_from_network(container_id, name, force=True)
+    client.api.remove_network(name)
+
+
+def compose_path(project: Project, target: Path) -> str:
+    """A path as a compose file refers to it: relative to compose/."""
+    return os.path.relpath(target, project.compose_file.parent)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -58,10 +59,20 @@ def give_tree_to_app_user(path: Path) -> None:
             pass
 
 
+_LOCKS: dict[str, filelock.FileLock] = {}
+
+
 def project_lock(project: Project) -> filelock.FileLock:
-    """The lock every state-changing command holds, so concurrent runs cannot interleave."""
+    """The lock every state-changing command holds, so concurrent runs cannot interleave.
+
+    One FileLock object per lock file and process: it is re-entrant in the thread that
+    holds it, and excludes other threads and other processes alike.
+    """
     project.state_dir.mkdir(parents=True, exist_ok=True)
-    return filelock.FileLock(str(project.state_dir / "lock"), timeout=LOCK_TIMEOUT)
+    path = str(project.state_dir / "lock")
+    if path not in _LOCKS:
+        _LOCKS[path] = filelock.FileLock(path, timeout=LOCK_TIMEOUT)
+    return _LOCKS[path]
 
 
 def locked(project: Project):
@@ -83,3 +94,14 @@ def locked(project: Project):
             return False
 
     return _Held()
+
+
+def port_is_free(port: int) -> bool:
+    """True when nothing listens on 127.0.0.1:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import http.client
 import time
+from concurrent.futures import ThreadPoolExecutor
 
-from ..model import Project, Tenant
+from ..model import Project, ProxyMode, Tenant
 from . import engine
 from .engine import OperationFailed, tail
 
 HEALTH_TIMEOUT = 90.0
+PROBE_THREADS = 16
 
 
 def status_of(port: int, host: str, path: str, timeout: float = 2) -> int:
@@ -21,6 +23,23 @@ def status_of(port: int, host: str, path: str, timeout: float = 2) -> int:
         return status
     except OSError:
         return 0
+
+
+def probe(project: Project, tenant: Tenant) -> str:
+    """A running tenant's health, as the proxy's checks see it: GET the health path with the
+    tenant's own Host header. "healthy", or "unhealthy: <why>"."""
+    status = status_of(tenant.port, tenant.primary_host, project.health_path)
+    if status == 200:
+        return "healthy"
+    return f"unhealthy: {project.health_path} " + (f"answered {status}" if status else "did not answer")
+
+
+def probe_many(project: Project, tenants: list[Tenant]) -> dict[str, str]:
+    """probe() for many tenants at once, by name."""
+    if not tenants:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(PROBE_THREADS, len(tenants))) as pool:
+        return dict(zip((t.name for t in tenants), pool.map(lambda t: probe(project, t), tenants), strict=True))
 
 
 def wait_healthy(client, project: Project, tenants: list[Tenant], report=lambda message: None,
@@ -39,14 +58,13 @@ def wait_healthy(client, project: Project, tenants: list[Tenant], report=lambda 
         now = time.monotonic()
         if now >= next_inspect:
             next_inspect = now + 1.0
-            states = engine.service_states(client, project)
+            only = next(iter(pending.values())).names.service if len(pending) == 1 else None
+            found = engine.containers(client, project, only)
             for name, tenant in pending.items():
-                state = states.get(tenant.names.service, engine.ABSENT)
-                restarting = state.container is not None and state.container.attrs["State"].get("Restarting")
-                if state.state != "running" or restarting:
-                    logs = state.container.logs(tail=20).decode(errors="replace") if state.container else ""
+                current = found.get(tenant.names.service)
+                if engine.state_of(current) is not engine.ContainerState.RUNNING or current.restarting:
                     raise OperationFailed(f"tenant {name}: its container stopped while starting. "
-                                          f"Last lines:\n{tail(logs)}")
+                                          f"Last lines:\n{tail(engine.container_logs(client, current))}")
         if now > deadline:
             raise OperationFailed(f"tenants {', '.join(pending)} did not answer {project.health_path} "
                                   f"within {timeout:.0f}s; see `docker compose logs`")
@@ -55,7 +73,8 @@ def wait_healthy(client, project: Project, tenants: list[Tenant], report=lambda 
 
 def wait_routed(project: Project, tenants: list[Tenant], timeout: float = 30) -> None:
     """Wait until the proxy routes each tenant's health path to it (tenants in maintenance: skipped)."""
-    if project.proxy.mode == "none" or (project.proxy.mode == "host" and not project.proxy.reload_command):
+    mode = project.proxy.mode
+    if mode is ProxyMode.NONE or (mode is ProxyMode.HOST and not project.proxy.reload_command):
         return
     pending = [t for t in tenants if not t.maintenance]
     deadline = time.monotonic() + timeout

@@ -8,9 +8,13 @@ from . import database, engine
 from .engine import OperationFailed, tail
 
 
-def runs_current_image(states: dict, tenant: Tenant, image: str) -> bool:
-    state = states.get(tenant.names.service, engine.ABSENT)
-    return state.state == "running" and state.container.attrs["Config"]["Image"] == image
+MIGRATE = ["python", "manage.py", "migrate", "--noinput"]  # the one migrate command line
+
+
+def runs_current_image(found: dict[str, engine.Container], tenant: Tenant, image: str) -> bool:
+    """True when the tenant's container runs `image` (so a command can exec in it)."""
+    current = found.get(tenant.names.service)
+    return engine.state_of(current) is engine.ContainerState.RUNNING and current.image == image
 
 
 def tenant_argv(tenant: Tenant, command: list[str], running: bool, tty: bool = False) -> list[str]:
@@ -22,7 +26,7 @@ def tenant_argv(tenant: Tenant, command: list[str], running: bool, tty: bool = F
 
 def in_tenant(project: Project, tenant: Tenant, command: list[str], running: bool) -> tuple[int, str]:
     """Run a command in the tenant's context and capture its output."""
-    result = engine.compose(project, *tenant_argv(tenant, command, running), check=False)
+    result = engine.compose(project, *tenant_argv(tenant, command, running), tenant=tenant, check=False)
     return result.returncode, result.stdout or ""
 
 

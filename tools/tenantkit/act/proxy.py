@@ -1,48 +1,62 @@
-"""Run, reload and check the Apache proxy in front of the tenants."""
+"""Write the proxy's vhosts, and run, reload and check the Apache proxy in front of the tenants."""
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from pathlib import Path
 
 import docker
 
-from ..model import Project, Tenant
+from ..model import Project, ProxyMode
 from . import engine
 from .engine import OperationFailed, tail
 from .files import atomic_write
 
-LOADED_MARKER = "proxy-loaded"  # digest of the sites the running proxy last loaded
+PENDING_MARKER = "proxy-reload-pending"  # sites changed since the proxy last loaded them
 
 
-def write_sites(project: Project, sites: dict[str, str]) -> None:
-    """Write the vhost files and delete those of tenants that are gone."""
-    project.sites_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in sites.items():
-        atomic_write(project.sites_dir / name, text)
-    for path in project.sites_dir.glob("*.conf"):
-        if path.name not in sites:
-            path.unlink()
+def _pending(project: Project) -> Path:
+    return project.state_dir / PENDING_MARKER
 
 
-def sites_digest(project: Project) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(project.sites_dir.glob("*.conf")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
+def write_site(project: Project, name: str, text: str) -> bool:
+    """Write one vhost file; True when it changed. The proxy is marked for a reload first,
+    so a crash between the write and the reload still reloads next time."""
+    path = project.sites_dir / name
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except FileNotFoundError:
+        pass
+    mark_pending(project)
+    atomic_write(path, text)
+    return True
 
 
-def _marker(project: Project) -> Path:
-    return project.state_dir / LOADED_MARKER
+def remove_site(project: Project, name: str) -> bool:
+    path = project.sites_dir / name
+    if not path.exists():
+        return False
+    mark_pending(project)
+    path.unlink()
+    return True
 
 
-def reload_container(container) -> None:
+def site_names(project: Project) -> set[str]:
+    return {path.name for path in project.sites_dir.glob("*.conf")} if project.sites_dir.is_dir() else set()
+
+
+def mark_pending(project: Project) -> None:
+    project.state_dir.mkdir(parents=True, exist_ok=True)
+    _pending(project).touch()
+
+
+def reload_container(client: docker.DockerClient, container_id: str) -> None:
     """Test the config, then ask Apache (PID 1) for a graceful restart: in-flight requests finish."""
-    code, output = container.exec_run(["/opt/tenantkit/run-httpd", "-t"])
-    if code != 0:
-        raise OperationFailed(f"the proxy's Apache config fails its test, so it was not reloaded:\n"
-                              f"{tail(output.decode(errors='replace'))}")
-    container.kill(signal="SIGUSR1")
+    run = client.api.exec_create(container_id, ["/opt/tenantkit/run-httpd", "-t"])
+    output = client.api.exec_start(run["Id"]).decode(errors="replace")
+    if client.api.exec_inspect(run["Id"])["ExitCode"] != 0:
+        raise OperationFailed(f"the proxy's Apache config fails its test, so it was not reloaded:\n{tail(output)}")
+    client.api.kill(container_id, signal="SIGUSR1")
 
 
 def reload_host(project: Project) -> None:
@@ -52,32 +66,30 @@ def reload_host(project: Project) -> None:
         raise OperationFailed(f"`{' '.join(command)}` failed:\n{tail(result.stdout + result.stderr)}")
 
 
-def sync(client: docker.DockerClient | None, project: Project, tenants: list[Tenant],
+def sync(client: docker.DockerClient | None, project: Project, networks: list[str],
          report=lambda message: None, force: bool = False) -> None:
-    """Start the proxy, or attach it to new tenants' networks and reload it when needed.
+    """Start the proxy, or attach it to the named tenant networks and reload it when needed.
 
     It reloads when its sites changed since it last loaded them, when it joined a network,
     or when `force` says a tenant container was recreated (Apache caches backend addresses).
+    Work is proportional to `networks`, not to the fleet.
     """
     mode = project.proxy.mode
-    if mode == "none":
+    if mode is ProxyMode.NONE:
         return
-    digest = sites_digest(project)
-    marker = _marker(project)
-    changed = force or not marker.exists() or marker.read_text() != digest
-    if mode == "host":
+    changed = force or _pending(project).exists()
+    if mode is ProxyMode.HOST:
         if changed and project.proxy.reload_command:
             report("reloading the host's Apache")
             reload_host(project)
     else:
-        state = engine.service_states(client, project).get("proxy", engine.ABSENT)
-        if state.state != "running":
+        found = engine.container(client, project, "proxy")
+        if found is None or found.state is not engine.ContainerState.RUNNING:
             report("starting proxy")
-            engine.compose(project, "up", "-d", "--no-deps", "proxy")
+            engine.compose(project, "up", "-d", "--no-deps", "--no-recreate", "proxy")
         else:
-            attached = engine.attach_to_networks(client, project, "proxy",
-                                                 [t.names.network for t in tenants])
+            attached = engine.attach_to_networks(client, project, "proxy", networks)
             if attached or changed:
                 report("reloading proxy gracefully")
-                reload_container(state.container)
-    atomic_write(marker, digest)
+                reload_container(client, found.id)
+    _pending(project).unlink(missing_ok=True)

@@ -9,20 +9,25 @@ import html
 import re
 from dataclasses import dataclass
 
-from ..model import ConfigError, Project, Tenant
+from ..model import APP_PORT, ConfigError, Project, ProxyMode, Tenant
 from . import environment
 
 DEFAULT_SITE = "000-default.conf"  # sorts before every tenant name (they start with a letter)
-SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+@=,-]*$")
-APP_PORT = 8000
+SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+@=,-]*")
 
 
 def apache_path(path: str) -> str:
     """A path fit for a quoted Apache argument, or a ConfigError."""
-    if not SAFE_PATH.match(path) or "/../" in f"{path}/":
+    if not SAFE_PATH.fullmatch(path) or "/../" in f"{path}/":
         raise ConfigError(f"path {path!r} cannot be written into an Apache config; "
                           "move the project to a path of letters, digits and - _ . / only")
     return path.rstrip("/") or "/"
+
+
+def apache_uri(path: str) -> str:
+    """A URL path for an Apache argument, kept exactly (a trailing slash matters to Django)."""
+    apache_path(path)
+    return path
 
 
 @dataclass(frozen=True)
@@ -34,17 +39,20 @@ class ProxyLayout:
     tenants_dir: str
     assets_dir: str
     in_compose: bool
+    health_path: str = "/"
+    health_interval: int = 0  # seconds between the proxy's checks of each backend; 0: none
 
     def backend(self, tenant: Tenant) -> str:
         if self.in_compose:
-            return f"http://{tenant.names.service}:{APP_PORT}"
+            return f"http://{tenant.names.backend_host}:{APP_PORT}"
         return f"http://127.0.0.1:{tenant.port}"
 
 
 def proxy_layout(project: Project) -> ProxyLayout:
     """The layout of the project's proxy mode (compose service or host Apache)."""
-    if project.proxy.mode == "compose":
-        return ProxyLayout(80, "/var/log/tenantkit", "/srv/tenants", "/srv/assets", True)
+    if project.proxy.mode is ProxyMode.COMPOSE:
+        return ProxyLayout(80, "/var/log/tenantkit", "/srv/tenants", "/srv/assets", True,
+                           apache_uri(project.health_path), project.proxy.health_interval)
     return host_layout(project, project.proxy.port)
 
 
@@ -63,6 +71,10 @@ def render_proxy_vhost(tenant: Tenant, layout: ProxyLayout, image: str, backend:
         media_dir=f"{layout.tenants_dir}/{tenant.name}/www/content",
         assets_dir=apache_path(f"{layout.assets_dir}/{release_of(image)}"),
         backend=backend or layout.backend(tenant),
+        balancer=tenant.names.backend_host,
+        health_path=layout.health_path,
+        # A deploy's "next" container is checked by the deploy itself, for the seconds it serves.
+        health_interval=0 if backend else layout.health_interval,
         # HTML-escaped, so no quote or backslash reaches the quoted ErrorDocument string.
         title_html=html.escape(tenant.title, quote=True).replace("\\", "&#92;"),
     )

@@ -1,5 +1,5 @@
 """Render a tenant's settings.py in the seed's style."""
-from ..model import Project, Tenant
+from ..model import Project, ProxyMode, Tenant
 from . import environment
 
 
@@ -13,4 +13,6 @@ def render_settings(project: Project, tenant: Tenant, site_url: str,
         db_host=db_host or project.database.host,
         db_port=str(db_port or project.database.port),
         site_url=site_url,
+        backend_host=tenant.names.backend_host if project.proxy.mode is ProxyMode.COMPOSE else "",
+        conn_max_age=max(1, min(60, project.proxy.health_interval // 2)),
     )

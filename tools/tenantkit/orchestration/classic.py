@@ -11,23 +11,22 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import re
 import secrets as _secrets
 import shutil
 import subprocess
 from pathlib import Path
 
-from .act import build as builder
-from .act import database
-from .act.engine import OperationFailed, tail
-from .act.files import atomic_write, locked
-from .act.secrets import read_env_file
-from .model import ConfigError, Project, Tenant, display_path, load_tenants
-from .render.apache import ProxyLayout, apache_path, render_default_vhost
-from .render.classic import render_wsgi_script, render_wsgi_vhost
-from .render.settings import render_settings
+from ..act import build as builder
+from ..act import database
+from ..act.engine import OperationFailed, tail
+from ..act.files import atomic_write, locked
+from ..act.secrets import read_env_file
+from ..model import ConfigError, Project, Tenant, check_release, display_path, load_tenants
+from ..render.apache import ProxyLayout, apache_path, render_default_vhost
+from ..render.classic import render_wsgi_script, render_wsgi_vhost
+from ..render.settings import render_settings
+from . import stack
 
-RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 GENERATED = {"settings.py", "wsgi.py", "secrets.env", "www"}
 
 
@@ -115,8 +114,7 @@ def apache_wsgi(project: Project, root: Path, version: str, listen_port: int = 8
                 python: str = "/usr/bin/python3", user: str = "www-data",
                 report=lambda message: None) -> list[Tenant]:
     """Build release VERSION, make it current, and write the seed's vhosts for every tenant."""
-    if not RELEASE_RE.match(version or ""):
-        raise ConfigError(f"release {version!r} is not a version such as 1.1.0 (letters, digits, . _ -)")
+    stack.checked(check_release, version)
     root = root.resolve()
     apache_path(str(root))
     if not Path(python).is_file():
@@ -134,7 +132,7 @@ def apache_wsgi(project: Project, root: Path, version: str, listen_port: int = 8
         try:
             for tenant in tenants:
                 password = read_env_file(tenant.secrets_file)["TENANT_DB_PASSWORD"]
-                database.provision_database(conn, tenant.names, password)
+                database.provision_database(conn, tenant.names, password, stack.connection_limit(tenant))
         finally:
             conn.close()
         current = root / "current"

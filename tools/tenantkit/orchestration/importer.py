@@ -11,13 +11,13 @@ import ast
 import os
 import secrets as _secrets
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import lifecycle
-from .act.files import give_tree_to_app_user, locked
-from .act.secrets import new_tenant_secrets, write_env_file
-from .model import (ConfigError, Project, Tenant, check_db_identifier, check_host, check_module, check_name,
+from . import stack
+from ..act.files import give_tree_to_app_user, locked
+from ..act.secrets import new_tenant_secrets, write_env_file
+from ..model import (ConfigError, Project, Tenant, check_db_identifier, check_host, check_module, check_name,
                     check_title, display_path, load_tenants)
 
 LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
@@ -153,12 +153,12 @@ def import_classic(project: Project, path: Path, move: bool = False, report=lamb
             plans.append(plan)
         imported = []
         for plan in plans:
-            port = lifecycle.next_port(project, existing + imported)
-            tenant = Tenant(**{**plan.tenant.__dict__, "port": port})
+            port = stack.next_port(project, existing + imported)
+            tenant = replace(plan.tenant, port=port)
             _write(project, plan, tenant, move)
             report(f"imported {tenant.name} ({', '.join(tenant.hosts)}; database {tenant.names.database})")
             imported.append(tenant)
-        lifecycle._render_locked(project)
+        stack.render(project, [t.name for t in imported])
     return imported
 
 
@@ -169,8 +169,8 @@ def _write(project: Project, plan: Plan, tenant: Tenant, move: bool) -> None:
         for entry in plan.source.iterdir():  # the tenant's own apps and files
             if entry.name not in CLASSIC_FILES and entry.name != "secrets.env":
                 (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, staging / entry.name)
-        staged = Tenant(**{**tenant.__dict__, "path": staging})
-        lifecycle.write_tenant_yaml(staged)
+        staged = replace(tenant, path=staging)
+        stack.write_tenant_yaml(project, staged)
         write_env_file(staging / "secrets.env",
                        {"TENANT_DB_PASSWORD": plan.password, "TENANT_SECRET_KEY": plan.secret_key},
                        f"Secrets of tenant {tenant.name}, imported from {plan.source}. Keep private.")

@@ -12,69 +12,17 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
+from dataclasses import replace
+
 import yaml
 
-from . import lifecycle
-from .act import archive, database, engine, proxy
-from .act.files import give_tree_to_app_user, locked
-from .act.secrets import new_tenant_secrets, read_env_file, write_env_file
-from .model import (SECRETS_FILE, TENANT_FILE, ConfigError, Project, Tenant, check_count, check_host,
-                    check_hosts_free,
-                    check_memory, check_module, check_name, check_port, check_release, check_title, display_path,
-                    load_tenant, load_tenants, tenant_from_mapping)
-
-Report = lifecycle.Report
-_quiet = lifecycle._quiet
-
-
-# ---------------------------------------------------------------------------
-# set
-
-def _hosts(value: str) -> tuple[str, ...]:
-    hosts = tuple(dict.fromkeys(check_host(h) for h in value.split(",") if h.strip()))
-    if not hosts:
-        raise ValueError("needs at least one host name")
-    return hosts
-
-
-SETTABLE = {
-    "title": check_title,
-    "hosts": _hosts,
-    "apps": lambda value: tuple(check_module(a.strip()) for a in value.split(",") if a.strip()),
-    "memory": check_memory,
-    "workers": lambda value: check_count(int(value)) if value.isdigit() else check_count(value),
-    "threads": lambda value: check_count(int(value)) if value.isdigit() else check_count(value),
-    "port": lambda value: check_port(int(value)) if value.isdigit() else check_port(value),
-    "release": lambda value: check_release(value) if value else None,  # pin (empty: unpin)
-}
-
-
-def set_values(project: Project, name: str, assignments: Iterable[str]) -> Tenant:
-    """Change tenant.yaml (title, hosts, apps, memory, workers, threads, port); `tenant up` applies it."""
-    changes = {}
-    for assignment in assignments:
-        key, found, value = assignment.partition("=")
-        if not found:
-            raise ConfigError(f"{assignment!r} is not key=value, such as title='ACME Inc'")
-        if key not in SETTABLE:
-            raise ConfigError(f"{key!r} cannot be set; settable keys: {', '.join(sorted(SETTABLE))}")
-        try:
-            changes[key] = SETTABLE[key](value)
-        except ValueError as exc:
-            raise ConfigError(f"{key}: {exc}") from None
-    if not changes:
-        raise ConfigError("give at least one key=value to set")
-    with locked(project):
-        tenants = load_tenants(project)
-        tenant = lifecycle.select(tenants, [name], False)[0]
-        changed = Tenant(**{**tenant.__dict__, **changes})
-        check_hosts_free(changed.hosts, tenants, except_name=name)
-        for other in tenants:
-            if other.name != name and other.port == changed.port:
-                raise ConfigError(f"port {changed.port} is already used by tenant {other.name!r}")
-        lifecycle.write_tenant_yaml(changed)
-        lifecycle._render_locked(project)
-    return changed
+from ..act import archive, database, engine, state
+from ..act.files import give_tree_to_app_user, locked, port_is_free
+from ..act.secrets import new_tenant_secrets, read_env_file, write_env_file
+from ..model import (SECRETS_FILE, TENANT_FILE, ConfigError, Project, Tenant, check_host, check_hosts_free,
+                     check_name, display_path, load_tenant, load_tenants, tenant_from_mapping)
+from . import stack
+from .stack import Report, quiet
 
 
 # ---------------------------------------------------------------------------
@@ -90,7 +38,7 @@ def _unique(path: Path) -> Path:
 
 def _ensure_database_running(client, project: Project) -> None:
     if project.database.service:
-        lifecycle._start_database(client, project, [], _quiet)
+        stack.start_database(client, project, [])
 
 
 def check_backups_folder(folder: Path) -> None:
@@ -115,9 +63,9 @@ def write_backup(project: Project, tenant: Tenant, secrets: bool, folder: Path |
 
 
 def backup(project: Project, names: Iterable[str] = (), all_: bool = False, secrets: bool = False,
-           report: Report = _quiet) -> list[Path]:
+           report: Report = quiet) -> list[Path]:
     """Archive tenants: database dump, media and folder (secrets only when asked)."""
-    chosen = lifecycle.select(load_tenants(project), names, all_)
+    chosen = stack.select(load_tenants(project), names, all_)
     check_backups_folder(project.backups_dir)
     client = engine.connect() if project.database.service else None
     paths = []
@@ -132,22 +80,11 @@ def backup(project: Project, names: Iterable[str] = (), all_: bool = False, secr
 # ---------------------------------------------------------------------------
 # rm
 
-def _remove_network(client, project: Project, tenant: Tenant) -> None:
-    full = f"{project.name}_{tenant.names.network}"
-    try:
-        network = client.networks.get(full)
-    except Exception:  # docker.errors.NotFound: nothing to remove
-        return
-    network.reload()
-    for container_id in network.attrs.get("Containers", {}):
-        network.disconnect(container_id, force=True)
-    network.remove()
 
-
-def rm(project: Project, name: str, keep_data: bool = False, report: Report = _quiet) -> Path | None:
+def rm(project: Project, name: str, keep_data: bool = False, report: Report = quiet) -> Path | None:
     """Archive the tenant (with its secrets), then drop its database and role and delete its
     container, network, vhost and folder. With keep_data, only the running parts go."""
-    lifecycle.select(load_tenants(project), [name], False)
+    stack.select(load_tenants(project), [name], False)
     if not keep_data:
         check_backups_folder(project.backups_dir)
     client = engine.connect()
@@ -160,10 +97,9 @@ def rm(project: Project, name: str, keep_data: bool = False, report: Report = _q
             saved = write_backup(project, tenant, secrets=True)  # raises before anything is dropped
             report(f"archived to {display_path(saved)}")
         report(f"removing {name}'s container and network")
-        engine.compose(project, "rm", "--stop", "--force", tenant.names.service, check=False)
-        _remove_network(client, project, tenant)
+        stack.remove_tenant_runtime(client, project, tenant)
         if keep_data:
-            lifecycle.write_tenant_yaml(Tenant(**{**tenant.__dict__, "enabled": False}))
+            stack.write_tenant_yaml(project, replace(tenant, enabled=False))
         else:
             conn = database.admin_connect(project)
             try:
@@ -172,8 +108,11 @@ def rm(project: Project, name: str, keep_data: bool = False, report: Report = _q
             finally:
                 conn.close()
             shutil.rmtree(tenant.path)
-        rendered = lifecycle._render_locked(project)
-        proxy.sync(client, project, rendered.tenants, report)
+            with state.update(project) as current:  # a new tenant of that name starts afresh
+                current.tenants.pop(name, None)
+        stack.forget(project, tenant)
+        stack.render(project, [])
+        stack.reload_proxy(client, project, [], report)
     return saved
 
 
@@ -189,12 +128,11 @@ def _archived_tenant(project: Project, unpacked: Path, manifest: archive.Manifes
         raise ConfigError("the archive holds no readable tenant.yaml") from None
     data["name"] = manifest.tenant
     tenant = tenant_from_mapping(project, manifest.tenant, data, {}, path, folder)
-    return Tenant(**{**tenant.__dict__, "name": name, "hosts": hosts or tenant.hosts,
-                     "maintenance": False, "enabled": True})
+    return replace(tenant, name=name, hosts=hosts or tenant.hosts, maintenance=False, enabled=True)
 
 
 def restore(project: Project, source: Path, as_name: str | None = None, hosts: Iterable[str] = (),
-            report: Report = _quiet, start: bool = True) -> Tenant:
+            report: Report = quiet, start: bool = True) -> Tenant:
     """Bring a tenant back from an archive, under its own name or as a new tenant."""
     try:
         if as_name is not None:
@@ -219,8 +157,8 @@ def restore(project: Project, source: Path, as_name: str | None = None, hosts: I
             others = load_tenants(project)
             tenant = _archived_tenant(project, unpacked, manifest, name, hosts, folder)
             check_hosts_free(tenant.hosts, others)
-            if tenant.port in {o.port for o in others} or not lifecycle._port_is_free(tenant.port):
-                tenant = Tenant(**{**tenant.__dict__, "port": lifecycle.next_port(project, others)})
+            if tenant.port in {o.port for o in others} or not port_is_free(tenant.port):
+                tenant = replace(tenant, port=stack.next_port(project, others))
             _ensure_database_running(client, project)
             conn = database.admin_connect(project)
             try:
@@ -232,9 +170,10 @@ def restore(project: Project, source: Path, as_name: str | None = None, hosts: I
                 _restore_into(project, conn, unpacked, manifest, tenant, renamed)
             finally:
                 conn.close()
-            lifecycle._render_locked(project)
+            stack.render(project, [name])
     if start:
-        lifecycle.up(project, [name], report=report)
+        from .tenants import up
+        up(project, [name], report=report)
     return load_tenant(project, name)
 
 
@@ -251,11 +190,11 @@ def _restore_into(project: Project, conn, unpacked: Path, manifest: archive.Mani
         archived_secrets.unlink(missing_ok=True)
         write_env_file(staging / SECRETS_FILE, values,
                        f"Secrets of tenant {tenant.name}. Generated by tenantkit; keep private.")
-        staged = Tenant(**{**tenant.__dict__, "path": staging})
-        lifecycle.write_tenant_yaml(staged)
+        staged = replace(tenant, path=staging)
+        stack.write_tenant_yaml(project, staged)
         archive.place_media(unpacked, staged.media_dir)
         give_tree_to_app_user(staged.media_dir)
-        database.provision_database(conn, tenant.names, values["TENANT_DB_PASSWORD"])
+        database.provision_database(conn, tenant.names, values["TENANT_DB_PASSWORD"], stack.connection_limit(tenant))
         created = True
         database.restore_database(project, tenant.names, unpacked / archive.DUMP)
         os.rename(staging, tenant.path)
@@ -266,11 +205,11 @@ def _restore_into(project: Project, conn, unpacked: Path, manifest: archive.Mani
         raise
 
 
-def clone(project: Project, src: str, dst: str, hosts: Iterable[str], report: Report = _quiet) -> Tenant:
+def clone(project: Project, src: str, dst: str, hosts: Iterable[str], report: Report = quiet) -> Tenant:
     """A new tenant DST with a copy of SRC's data and media, and credentials of its own."""
     hosts = tuple(hosts)
     tenants = load_tenants(project)
-    source = lifecycle.select(tenants, [src], False)[0]
+    source = stack.select(tenants, [src], False)[0]
     try:
         check_name(dst)
         checked = [check_host(h) for h in hosts]

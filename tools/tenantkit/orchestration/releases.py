@@ -9,34 +9,33 @@ Requests keep being answered by one container or the other throughout.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import asdict
 import subprocess
 import tempfile
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Iterable
 
 import filelock
 
-from . import backups, lifecycle
-from .act import archive, database, engine, health, migrations, proxy
-from .act import build as builder
-from .act.engine import OperationFailed, tail
-from .act.files import locked
-from .act.releases import load_state, release_image, save_state
-from .act.secrets import read_env_file
-from .fleet import Outcome
-from .model import ConfigError, Project, Tenant, check_release, load_tenants
+from dataclasses import replace
 
-Report = lifecycle.Report
+from ..act import archive, database, engine, health, migrations, state
+from ..act import build as builder
+from ..act.engine import ContainerState, OperationFailed, tail
+from ..act.files import locked
+from ..act.secrets import read_env_file
+from ..act.state import Release, TenantRuntime, release_image
+from ..model import APP_PORT, ConfigError, Project, ProxyMode, Tenant, check_release, load_tenants
+from . import data, stack
+from .fleet import Outcome, across
+from .stack import Report, quiet
+
 NEXT_HEALTH_TIMEOUT = 90.0
 
 
 def _version(version: str) -> str:
-    try:
-        return check_release(version)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    return stack.checked(check_release, version)
 
 
 def git_revision(folder: Path) -> str | None:
@@ -49,11 +48,10 @@ def git_revision(folder: Path) -> str | None:
     return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def build_release(project: Project, version: str, force: bool = False, report: Report = lifecycle._quiet) -> dict:
+def build_release(project: Project, version: str, force: bool = False, report: Report = quiet) -> dict:
     """Build the image of the project's current code and tag it as an immutable release."""
     version = _version(version)
-    state = load_state(project)
-    if version in state.releases and not force:
+    if version in state.load(project).releases and not force:
         raise ConfigError(f"release {version} exists and releases are immutable; choose a new version "
                           "(or pass --force to rebuild it)")
     client = engine.connect()
@@ -65,23 +63,22 @@ def build_release(project: Project, version: str, force: bool = False, report: R
             builder.build_image(client, context, tag, project.images.base, {"SETTINGS_MODULE": project.settings},
                                 on_step=lambda step: report(f"  {step}"))
         client.images.get(tag).tag(project.images.app, version)
-        state = load_state(project)
-        record = {"image": release_image(project, version), "digest": context.digest,
-                  "revision": git_revision(project.source),
-                  "built": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-        state.releases[version] = record
-        save_state(project, state)
-    return {"version": version, **record}
+        record = Release(version=version, image=release_image(project, version), digest=context.digest,
+                         revision=git_revision(project.source),
+                         built=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        with state.update(project) as current:
+            current.releases[version] = record
+    return asdict(record)
 
 
 def list_releases(project: Project) -> list[dict]:
     """Every release, whether it is current, and the tenants that run it."""
-    state = load_state(project)
+    current = state.load(project)
     tenants = [t for t in load_tenants(project) if t.enabled]
     rows = []
-    for version, record in sorted(state.releases.items(), key=lambda item: item[1].get("built", "")):
-        rows.append({"version": version, "current": version == state.current, **record,
-                     "tenants": [t.name for t in tenants if not project.dev and state.release_of(t) == version]})
+    for version, record in sorted(current.releases.items(), key=lambda item: item[1].built):
+        rows.append({**asdict(record), "current": version == current.current,
+                     "tenants": [t.name for t in tenants if not project.dev and current.release_of(t) == version]})
     return rows
 
 
@@ -96,16 +93,31 @@ def _deploy_lock(project: Project):
     return lock
 
 
-def _set_tenant_release(project: Project, tenant: Tenant, entry: dict | None) -> None:
-    """Record (or forget) what a tenant runs, and render the stack for it."""
+def _set_runtime(project: Project, tenant: Tenant, runtime: TenantRuntime) -> None:
+    """Record what a tenant runs (its subnet is kept), and render that tenant for it."""
     with locked(project):
-        state = load_state(project)
-        if entry is None:
-            state.tenants.pop(tenant.name, None)
-        else:
-            state.tenants[tenant.name] = entry
-        save_state(project, state)
-        lifecycle._render_locked(project)
+        with state.update(project) as current:
+            current.tenants[tenant.name] = replace(runtime, subnet=current.runtime(tenant.name).subnet)
+        stack.render(project, [tenant.name])
+
+
+def _route(client, project: Project, tenant: Tenant, backend: str | None) -> None:
+    """Point the tenant's vhost at `backend` (None: its own container) and reload the proxy.
+
+    The route is stored state: any other `tenant` process that renders this tenant in
+    the meantime keeps it."""
+    with locked(project):
+        with state.update(project) as current:
+            current.set_runtime(tenant.name, next_backend=backend)
+        stack.render(project, [tenant.name])
+        stack.reload_proxy(client, project, [tenant], force=True)
+    health.wait_routed(project, [tenant])
+
+
+def _next_healthy(client, container_id: str) -> bool:
+    run = client.api.exec_create(container_id, ["/opt/venv/bin/python", "/opt/tenantkit/healthcheck.py"])
+    client.api.exec_start(run["Id"])
+    return client.api.exec_inspect(run["Id"])["ExitCode"] == 0
 
 
 def _switch_with_next(client, project: Project, tenant: Tenant, report: Report) -> None:
@@ -113,56 +125,43 @@ def _switch_with_next(client, project: Project, tenant: Tenant, report: Report) 
     # A container name Apache can use as a host name: no underscores.
     next_name = f"{project.name}-{tenant.name}-next".replace("_", "-")
     subprocess.run(["docker", "rm", "-f", next_name], capture_output=True)
-    engine.compose(project, "run", "-d", "--no-deps", "--name", next_name, tenant.names.service)
-    container = client.containers.get(next_name)
+    engine.compose(project, "run", "-d", "--no-deps", "--name", next_name, tenant.names.service, tenant=tenant)
+    routed = False
     try:
         deadline = time.monotonic() + NEXT_HEALTH_TIMEOUT
-        while True:
-            container.reload()
-            if container.status != "running":
-                raise OperationFailed(f"the new container stopped: {tail(container.logs(tail=15).decode(errors='replace'))}")
-            code, _ = container.exec_run(["/opt/venv/bin/python", "/opt/tenantkit/healthcheck.py"])
-            if code == 0:
-                break
+        while not _next_healthy(client, next_name):
+            if client.api.inspect_container(next_name)["State"]["Status"] != "running":
+                logs = client.api.logs(next_name, tail=15).decode(errors="replace")
+                raise OperationFailed(f"the new container stopped: {tail(logs)}")
             if time.monotonic() > deadline:
                 raise OperationFailed(f"the new container did not become healthy within {NEXT_HEALTH_TIMEOUT:.0f}s")
             time.sleep(0.2)
         report(f"{tenant.name}: new release healthy; switching traffic")
-        with locked(project):
-            lifecycle.NEXT_BACKENDS[tenant.name] = f"http://{next_name}:8000"
-            rendered = lifecycle._render_locked(project)
-            proxy.sync(client, project, rendered.tenants, force=True)
-        health.wait_routed(project, [tenant])
-        engine.compose(project, "up", "-d", "--no-deps", tenant.names.service)  # the old one stops here
+        routed = True
+        _route(client, project, tenant, f"http://{next_name}:{APP_PORT}")
+        engine.compose(project, "up", "-d", "--no-deps", tenant.names.service, tenant=tenant)  # the old one stops here
         health.wait_healthy(client, project, [tenant])
-        with locked(project):
-            lifecycle.NEXT_BACKENDS.pop(tenant.name, None)
-            rendered = lifecycle._render_locked(project)
-            proxy.sync(client, project, rendered.tenants, force=True)
-        health.wait_routed(project, [tenant])
+        _route(client, project, tenant, None)
+        routed = False
     finally:
-        if lifecycle.NEXT_BACKENDS.pop(tenant.name, None):  # failed while switched: route back first
-            with locked(project):
-                rendered = lifecycle._render_locked(project)
-                proxy.sync(client, project, rendered.tenants, force=True)
+        if routed:  # failed while switched: route back first
+            _route(client, project, tenant, None)
         try:
-            container.stop(timeout=20)  # requests still in flight on it complete
+            client.api.stop(next_name, timeout=20)  # requests still in flight on it complete
         finally:
-            container.remove(force=True)
+            client.api.remove_container(next_name, force=True)
 
 
 def _recreate(client, project: Project, tenant: Tenant) -> None:
     """Recreate the tenant's container on its recorded release, wait, and route to it again."""
-    engine.compose(project, "up", "-d", "--no-deps", tenant.names.service)
+    engine.compose(project, "up", "-d", "--no-deps", tenant.names.service, tenant=tenant)
     health.wait_healthy(client, project, [tenant])
-    with locked(project):
-        rendered = lifecycle._render_locked(project)
-    proxy.sync(client, project, rendered.tenants, force=True)
+    stack.reload_proxy(client, project, [tenant], force=True)
     health.wait_routed(project, [tenant])
 
 
 def _start_on_release(client, project: Project, tenant: Tenant, running: bool, report: Report) -> None:
-    if running and project.proxy.mode == "compose":
+    if running and project.proxy.mode is ProxyMode.COMPOSE:
         _switch_with_next(client, project, tenant, report)
     else:
         _recreate(client, project, tenant)
@@ -170,45 +169,43 @@ def _start_on_release(client, project: Project, tenant: Tenant, running: bool, r
 
 def _deploy_one(client, project: Project, tenant: Tenant, version: str, report: Report) -> Outcome:
     started = time.monotonic()
-    state = load_state(project)
-    before = state.tenants.get(tenant.name)
-    previous = state.release_of(tenant)
+    current = state.load(project)
+    before = current.runtime(tenant.name)
+    previous = current.release_of(tenant)
     if previous == version:
         return Outcome(tenant.name, "up-to-date", 0.0)
-    running = engine.service_states(client, project).get(tenant.names.service, engine.ABSENT).state == "running"
+    running = engine.state_of(engine.container(client, project, tenant.names.service)) is ContainerState.RUNNING
     report(f"{tenant.name}: backing up before migrating")
-    saved = backups.write_backup(project, tenant, secrets=False)
-    _set_tenant_release(project, tenant, {"release": version, "previous": previous, "backup": str(saved)})
+    saved = data.write_backup(project, tenant, secrets=False)
+    _set_runtime(project, tenant, TenantRuntime(release=version, previous=previous, backup=str(saved)))
     try:
-        code, output = migrations.in_tenant(project, tenant, ["python", "manage.py", "migrate", "--noinput"], False)
+        code, output = migrations.in_tenant(project, tenant, migrations.MIGRATE, False)
         if code != 0:
             raise OperationFailed(f"migrate failed:\n{tail(output)}")
         _start_on_release(client, project, tenant, running, report)
     except Exception as exc:
         report(f"{tenant.name}: FAILED, staying on {previous or 'its previous image'}")
-        _set_tenant_release(project, tenant, before)
+        _set_runtime(project, tenant, before)
         if not running:
-            engine.compose(project, "rm", "-f", "-s", tenant.names.service, check=False)
+            engine.compose(project, "rm", "-f", "-s", tenant.names.service, tenant=tenant, check=False)
         else:
-            engine.compose(project, "up", "-d", "--no-deps", tenant.names.service, check=False)
-            with locked(project):
-                rendered = lifecycle._render_locked(project)
-            proxy.sync(client, project, rendered.tenants, force=True)
+            engine.compose(project, "up", "-d", "--no-deps", tenant.names.service, tenant=tenant, check=False)
+            stack.reload_proxy(client, project, [tenant], force=True)
         return Outcome(tenant.name, "failed", time.monotonic() - started, str(exc), 1)
     return Outcome(tenant.name, "ok", time.monotonic() - started, f"deployed {version} (from {previous}); backup {saved}")
 
 
 def deploy(project: Project, version: str, names: Iterable[str] = (), keep_going: bool = False, jobs: int = 2,
-           report: Report = lifecycle._quiet) -> list[Outcome]:
+           report: Report = quiet) -> list[Outcome]:
     """Deploy a release to tenants (all, except pinned ones, by default), `jobs` at a time."""
     version = _version(version)
     names = list(names)
-    state = load_state(project)
-    if version not in state.releases:
-        known = ", ".join(sorted(state.releases)) or "none yet"
+    releases = state.load(project).releases
+    if version not in releases:
+        known = ", ".join(sorted(releases)) or "none yet"
         raise ConfigError(f"unknown release {version!r} (releases: {known}); build it with `tenant release build {version}`")
     tenants = [t for t in load_tenants(project) if t.enabled]
-    chosen = lifecycle.select(tenants, names, not names) if names else [t for t in tenants if not t.release]
+    chosen = stack.select(tenants, names, not names) if names else [t for t in tenants if not t.release]
     lock = _deploy_lock(project)
     try:
         client = engine.connect()
@@ -216,45 +213,18 @@ def deploy(project: Project, version: str, names: Iterable[str] = (), keep_going
             raise ConfigError(f"the image of release {version} is missing; rebuild it with "
                               f"`tenant release build {version} --force`")
         builder.extract_assets(client, release_image(project, version), project.assets_dir / version)
-        for tenant in chosen:
-            if tenant.release and tenant.release != version:  # named explicitly: move its pin
-                lifecycle.write_tenant_yaml(Tenant(**{**tenant.__dict__, "release": version}))
-        outcomes = _run(chosen, lambda t: _deploy_one(client, project, t, version, report), jobs, keep_going, report)
+        with locked(project):
+            for tenant in chosen:
+                if tenant.release and tenant.release != version:  # named explicitly: move its pin
+                    stack.write_tenant_yaml(project, replace(tenant, release=version))
+        outcomes = across(chosen, lambda t: _deploy_one(client, project, t, version, report), jobs, None,
+                          report, keep_going)
         if not names and not any(o.failed for o in outcomes):
-            with locked(project):
-                state = load_state(project)
-                state.current = version
-                save_state(project, state)
-                lifecycle._render_locked(project)
+            with state.update(project) as current:
+                current.current = version
         return outcomes
     finally:
         lock.release()
-
-
-def _run(tenants: list[Tenant], work, jobs: int, keep_going: bool, report: Report) -> list[Outcome]:
-    """Work through tenants, `jobs` at a time; after a failure start no more unless keep_going."""
-    outcomes: dict[str, Outcome] = {}
-    queue = list(tenants)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        running = {}
-        while queue or running:
-            stop = any(o.failed for o in outcomes.values()) and not keep_going
-            while queue and len(running) < jobs and not stop:
-                tenant = queue.pop(0)
-                running[pool.submit(work, tenant)] = tenant
-            if not running:
-                break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                tenant = running.pop(future)
-                try:
-                    outcomes[tenant.name] = future.result()
-                except Exception as exc:
-                    outcomes[tenant.name] = Outcome(tenant.name, "failed", 0.0, f"{type(exc).__name__}: {exc}", 1)
-                report(f"{tenant.name}: {outcomes[tenant.name].result}")
-    for tenant in queue:
-        outcomes[tenant.name] = Outcome(tenant.name, "skipped", 0.0, "not started: an earlier tenant failed", 0)
-    return [outcomes[t.name] for t in tenants]
 
 
 # ---------------------------------------------------------------------------
@@ -277,13 +247,13 @@ def _restore_database(project: Project, tenant: Tenant, source: Path) -> None:
         try:
             with conn.cursor() as cur:
                 cur.execute(f'DROP DATABASE IF EXISTS "{tenant.names.database}" WITH (FORCE)')
-            database.provision_database(conn, tenant.names, password)
+            database.provision_database(conn, tenant.names, password, stack.connection_limit(tenant))
         finally:
             conn.close()
         database.restore_database(project, tenant.names, Path(tmp) / archive.DUMP)
 
 
-def rollback(project: Project, names: Iterable[str] = (), report: Report = lifecycle._quiet) -> list[Outcome]:
+def rollback(project: Project, names: Iterable[str] = (), report: Report = quiet) -> list[Outcome]:
     """Return tenants to the release they ran before their last deploy.
 
     When that deploy applied migrations the older code does not know, the database is
@@ -291,27 +261,24 @@ def rollback(project: Project, names: Iterable[str] = (), report: Report = lifec
     its current state); otherwise the data is kept as it is.
     """
     names = list(names)
-    state = load_state(project)
+    known = state.load(project)
     tenants = [t for t in load_tenants(project) if t.enabled]
-    chosen = lifecycle.select(tenants, names, False) if names else [
-        t for t in tenants if state.tenants.get(t.name, {}).get("previous")]
+    chosen = stack.select(tenants, names, False) if names else [
+        t for t in tenants if known.runtime(t.name).previous]
     if not chosen:
         raise ConfigError("no tenant has a previous release to roll back to")
     for tenant in chosen:
-        if not state.tenants.get(tenant.name, {}).get("previous"):
+        if not known.runtime(tenant.name).previous:
             raise ConfigError(f"tenant {tenant.name!r} has no previous release to roll back to")
     lock = _deploy_lock(project)
     try:
         client = engine.connect()
         outcomes = [_rollback_one(client, project, tenant, report) for tenant in chosen]
         if not names and not any(o.failed for o in outcomes):
-            with locked(project):
-                state = load_state(project)
-                previous = {state.tenants.get(t.name, {}).get("release") for t in chosen}
+            with state.update(project) as current:
+                previous = {current.runtime(t.name).release for t in chosen}
                 if len(previous) == 1:
-                    state.current = previous.pop()
-                    save_state(project, state)
-                lifecycle._render_locked(project)
+                    current.current = previous.pop()
         return outcomes
     finally:
         lock.release()
@@ -319,10 +286,9 @@ def rollback(project: Project, names: Iterable[str] = (), report: Report = lifec
 
 def _rollback_one(client, project: Project, tenant: Tenant, report: Report) -> Outcome:
     started = time.monotonic()
-    state = load_state(project)
-    entry = dict(state.tenants[tenant.name])
-    previous, pre_deploy = entry["previous"], entry.get("backup")
-    _set_tenant_release(project, tenant, {"release": previous, "previous": None, "backup": None})
+    entry = state.load(project).runtime(tenant.name)
+    previous, pre_deploy = entry.previous, entry.backup
+    _set_runtime(project, tenant, TenantRuntime(release=previous))
     try:
         rendered_images = {tenant.name: release_image(project, previous)}
         graph = migrations.migration_graphs(project, [tenant], {}, rendered_images)
@@ -333,15 +299,15 @@ def _rollback_one(client, project: Project, tenant: Tenant, report: Report) -> O
             if not pre_deploy or not Path(pre_deploy).is_file():
                 raise OperationFailed(f"the database has migrations release {previous} does not know "
                                       f"({len(unknown)}), and the pre-deploy backup is missing")
-            safety = backups.write_backup(project, tenant, secrets=False)
+            safety = data.write_backup(project, tenant, secrets=False)
             report(f"{tenant.name}: restoring the database from before the deploy (current data saved in {safety})")
-            engine.compose(project, "stop", tenant.names.service, check=False)
+            engine.compose(project, "stop", tenant.names.service, tenant=tenant, check=False)
             _restore_database(project, tenant, Path(pre_deploy))
             detail = f"database restored from {pre_deploy}; the data it had is in {safety}"
         _recreate(client, project, tenant)
     except Exception as exc:
-        _set_tenant_release(project, tenant, entry)
-        engine.compose(project, "up", "-d", "--no-deps", tenant.names.service, check=False)
+        _set_runtime(project, tenant, entry)
+        engine.compose(project, "up", "-d", "--no-deps", tenant.names.service, tenant=tenant, check=False)
         return Outcome(tenant.name, "failed", time.monotonic() - started, str(exc), 1)
     report(f"{tenant.name}: back on {previous} ({detail})")
     return Outcome(tenant.name, "ok", time.monotonic() - started, f"rolled back to {previous}: {detail}")
@@ -350,7 +316,7 @@ def _rollback_one(client, project: Project, tenant: Tenant, report: Report) -> O
 # ---------------------------------------------------------------------------
 # dev mode
 
-def dev(project: Project, on: bool, report: Report = lifecycle._quiet) -> list[Tenant]:
+def dev(project: Project, on: bool, report: Report = quiet) -> list[Tenant]:
     """Run every tenant on the working tree with reloading (on), or back on its release (off)."""
     flag = project.state_dir / "dev"
     project.state_dir.mkdir(parents=True, exist_ok=True)
@@ -358,7 +324,7 @@ def dev(project: Project, on: bool, report: Report = lifecycle._quiet) -> list[T
         flag.touch()
     else:
         flag.unlink(missing_ok=True)
-    from .model import load_project
-    project = load_project(project.root)
-    return lifecycle.up(project, all_=True, report=report)
+    from ..model import load_project
+    from .tenants import up
+    return up(load_project(project.root), all_=True, report=report)
 

@@ -1,0 +1,25 @@
+"""Orchestration: the verbs themselves, between act/ and the CLI.
+
+    model -> render -> act -> orchestration -> CLI
+
+Each function below is one verb (`tenant up` -> `up()`); the CLI calls only these. They
+combine the model, render and act under the project lock, and read and write runtime
+state through act/state.py. The modules of this package call each other only through
+public functions: `stack` holds the steps the verbs share (render, images, database,
+provisioning, migrations, proxy), and no module reaches into another's `_private` names.
+"""
+from .classic import apache_wsgi
+from .data import backup, clone, restore, rm, write_backup
+from .fleet import Outcome, manage_all, migrate
+from .importer import import_classic
+from .releases import build_release, deploy, dev, list_releases, rollback
+from .stack import Rendered, Report, quiet
+from .tenants import (SETTABLE, TenantStatus, apache_proxy, build, down, logs, maintenance, manage, new, render,
+                      set_values, status, status_detail, up)
+
+__all__ = [
+    "apache_wsgi", "backup", "clone", "restore", "rm", "write_backup", "Outcome", "manage_all", "migrate",
+    "import_classic", "build_release", "deploy", "dev", "list_releases", "rollback", "Rendered", "Report",
+    "quiet", "SETTABLE", "TenantStatus", "apache_proxy", "build", "down", "logs", "maintenance", "manage",
+    "new", "render", "set_values", "status", "status_detail", "up",
+]

@@ -1,0 +1,155 @@
+"""Work across many tenants: migrations and management commands, in a bounded pool.
+
+Each tenant's output is kept in .tenantkit/runs/<time>-<verb>/<tenant>.log; one tenant's
+failure neither stops nor touches the others, and the result names every failure.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from ..act import database, engine
+from ..act.files import locked
+from ..act.migrations import MIGRATE, graph_key, in_tenant, migration_graphs, needs_migrate, runs_current_image
+from ..model import Project, Tenant, load_tenants
+from . import stack
+
+Report = stack.Report
+
+
+@dataclass(frozen=True)
+class Outcome:
+    tenant: str
+    result: str  # ok, failed, up-to-date, skipped
+    seconds: float
+    output: str = ""
+    exit_code: int = 0
+
+    @property
+    def failed(self) -> bool:
+        return self.result == "failed"
+
+    def to_dict(self) -> dict:
+        return {"tenant": self.tenant, "result": self.result, "seconds": round(self.seconds, 3),
+                "exit_code": self.exit_code}
+
+
+def bounded(tenants: list[Tenant], work: Callable[[Tenant], Any], jobs: int, keep_going: bool = True,
+            done: Callable[[Tenant, Any, BaseException | None], None] = lambda t, r, e: None,
+            ) -> dict[str, tuple[Any, BaseException | None]]:
+    """The one pool runner: `work` for each tenant, at most `jobs` at a time.
+
+    Returns (result, error) by tenant name; after a failure (an exception, or a result
+    whose `failed` is true) no more tenants start unless keep_going, and those that did
+    not start are absent from the result.
+    """
+    results: dict[str, tuple[Any, BaseException | None]] = {}
+    queue = list(tenants)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        running: dict = {}
+        while queue or running:
+            stop = not keep_going and any(error or getattr(result, "failed", False)
+                                          for result, error in results.values())
+            while queue and len(running) < jobs and not stop:
+                tenant = queue.pop(0)
+                running[pool.submit(work, tenant)] = tenant
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                tenant = running.pop(future)
+                try:
+                    results[tenant.name] = (future.result(), None)
+                except Exception as exc:  # one tenant's failure must not stop the others
+                    results[tenant.name] = (None, exc)
+                done(tenant, *results[tenant.name])
+    return results
+
+
+def run_each(tenants: list[Tenant], work: Callable[[Tenant], None], jobs: int) -> dict[Tenant, Exception]:
+    """`work` for every tenant, `jobs` at a time; the tenants that raised, with their errors."""
+    results = bounded(tenants, work, jobs)
+    return {t: results[t.name][1] for t in tenants if results[t.name][1] is not None}
+
+
+def run_dir(project: Project, verb: str) -> Path:
+    folder = project.state_dir / "runs" / f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}-{verb}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def across(tenants: list[Tenant], work: Callable[[Tenant], Outcome], jobs: int, folder: Path | None,
+           report: Report, keep_going: bool = True) -> list[Outcome]:
+    """Run `work` for each tenant, at most `jobs` at a time; report progress, keep outputs."""
+    count = [0]
+
+    def done(tenant: Tenant, outcome: Outcome | None, error: BaseException | None) -> None:
+        count[0] += 1
+        if outcome is None:
+            outcome = Outcome(tenant.name, "failed", 0.0, f"{type(error).__name__}: {error}", 1)
+        if folder is not None:
+            (folder / f"{tenant.name}.log").write_text(outcome.output)
+        report(f"[{count[0]}/{len(tenants)}] {tenant.name}: {outcome.result} ({outcome.seconds:.2f}s)")
+
+    results = bounded(tenants, work, jobs, keep_going, done)
+    outcomes = []
+    for tenant in tenants:
+        if tenant.name not in results:
+            outcomes.append(Outcome(tenant.name, "skipped", 0.0, "not started: an earlier tenant failed"))
+            continue
+        outcome, error = results[tenant.name]
+        outcomes.append(outcome if error is None else
+                        Outcome(tenant.name, "failed", 0.0, f"{type(error).__name__}: {error}", 1))
+    return outcomes
+
+
+def migrate(project: Project, names: Iterable[str] = (), all_: bool = False, jobs: int = 4,
+            report: Report = stack.quiet) -> tuple[list[Outcome], Path]:
+    """Bring tenants' databases up to the current release; migrate only where work is pending."""
+    stack.select(load_tenants(project), names, all_)
+    client = engine.connect()
+    with locked(project):
+        rendered = stack.render(project, None if all_ else names)
+        chosen = stack.select(rendered.tenants, names, all_)
+        stack.ensure_images(client, project, rendered, report, names=[t.name for t in chosen])
+        stack.start_database(client, project, chosen, report)
+        stack.provision(project, chosen)
+        found = engine.containers(client, project)
+        graphs = migration_graphs(project, chosen, found, rendered.images)
+        folder = run_dir(project, "migrate")
+
+        def work(tenant: Tenant) -> Outcome:
+            started = time.monotonic()
+            if not needs_migrate(graphs[graph_key(tenant, rendered.images)],
+                                 database.applied_migrations(project, tenant.names)):
+                return Outcome(tenant.name, "up-to-date", time.monotonic() - started)
+            code, output = in_tenant(project, tenant, MIGRATE,
+                                     runs_current_image(found, tenant, rendered.images[tenant.name]))
+            return Outcome(tenant.name, "ok" if code == 0 else "failed", time.monotonic() - started, output, code)
+
+        return across(chosen, work, jobs, folder, report), folder
+
+
+def manage_all(project: Project, args: list[str], jobs: int = 4,
+               report: Report = stack.quiet) -> tuple[list[Outcome], Path]:
+    """Run `manage.py ARGS` for every enabled tenant, at most `jobs` at a time."""
+    client = engine.connect()
+    with locked(project):
+        rendered = stack.render(project)
+        stack.ensure_images(client, project, rendered)
+        stack.start_database(client, project, rendered.tenants)
+        stack.provision(project, rendered.tenants)
+    found = engine.containers(client, project)
+    folder = run_dir(project, "manage")
+
+    def work(tenant: Tenant) -> Outcome:
+        started = time.monotonic()
+        code, output = in_tenant(project, tenant, ["python", "manage.py", *args],
+                                 runs_current_image(found, tenant, rendered.images[tenant.name]))
+        return Outcome(tenant.name, "ok" if code == 0 else "failed", time.monotonic() - started, output, code)
+
+    return across(rendered.tenants, work, jobs, folder, report), folder

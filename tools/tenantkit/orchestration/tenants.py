@@ -1,0 +1,374 @@
+"""A tenant's life: new, build, up, down, set, maintenance, status, manage, logs.
+
+Each public function is one CLI verb. A verb about named tenants reads and writes only
+those tenants' files and containers; it costs the same with 3 tenants or 3,000.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets as _secrets
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Iterable
+
+from ..act import database, engine, health, migrations
+from ..act.engine import ContainerState, OperationFailed
+from ..act.files import atomic_write, locked
+from ..model import (ConfigError, Project, ProxyMode, Tenant, check_count, check_host, check_hosts_free,
+                     check_memory, check_module, check_name, check_port, check_release, check_title,
+                     display_path, load_tenants)
+from ..render.apache import host_layout, render_sites
+from . import stack
+from .stack import Report, checked, quiet, select
+
+# ---------------------------------------------------------------------------
+# new
+
+
+def new(project: Project, name: str, hosts: Iterable[str] = (), title: str | None = None,
+        memory: str | None = None, workers: int | None = None) -> Tenant:
+    """Create tenants/NAME/ with tenant.yaml, settings.py, www/content/ and secrets.env."""
+    checked(check_name, name)
+    hosts = tuple(dict.fromkeys(checked(check_host, h) for h in hosts)) or (f"{name}.{project.domain}",)
+    title = checked(check_title, title) if title is not None else name.replace("_", " ").title()
+    memory = checked(check_memory, memory) if memory is not None else project.defaults.memory
+    with locked(project):
+        folder = project.tenant_dir(name)
+        if folder.exists():
+            raise ConfigError(f"tenant {name!r} already exists ({display_path(folder)}); "
+                              f"choose another name, or change it with `tenant up {name}`")
+        others = load_tenants(project)
+        check_hosts_free(hosts, others)
+        tenant = Tenant(
+            name=name, hosts=hosts, title=title, port=stack.next_port(project, others), memory=memory,
+            workers=workers or project.defaults.workers, threads=project.defaults.threads,
+            path=folder,
+        )
+        # Build the folder under a temporary name and rename it into place, so a
+        # failure never leaves a half-made tenant behind.
+        project.tenants_dir.mkdir(parents=True, exist_ok=True)
+        staging = project.tenants_dir / f".{name}.new-{_secrets.token_hex(4)}"
+        try:
+            staged = replace(tenant, path=staging)
+            stack.ensure_tenant_files(staged)
+            stack.write_tenant_yaml(project, staged)
+            stack.write_settings(project, staged)
+            os.rename(staging, folder)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+        stack.render(project, [name])
+        return tenant
+
+
+# ---------------------------------------------------------------------------
+# render / build
+
+def render(project: Project) -> stack.Rendered:
+    """Write every tenant's artifacts and compose/compose.yaml; start nothing."""
+    return stack.render(project)
+
+
+def build(project: Project, report: Report = quiet, force: bool = False) -> str:
+    """Build the shared image for the current code when missing or out of date; return its tag."""
+    client = engine.connect()
+    with locked(project):
+        rendered = stack.render(project, [])
+        stack.ensure_images(client, project, rendered, report, force)
+    return rendered.image
+
+
+# ---------------------------------------------------------------------------
+# up / down
+
+def up(project: Project, names: Iterable[str] = (), all_: bool = False,
+       report: Report = quiet) -> list[Tenant]:
+    """Build if needed, provision databases, migrate, start and wait until healthy."""
+    names = list(names)
+    select(load_tenants(project), names, all_)  # bad names fail before anything else
+    client = engine.connect()
+    with locked(project):
+        for tenant in select(load_tenants(project), names, all_) if names else []:
+            if not tenant.enabled:  # `up` brings back a tenant removed with --keep-data
+                stack.write_tenant_yaml(project, replace(tenant, enabled=True))
+        rendered = stack.render(project, None if all_ else names)
+        chosen = select(rendered.tenants, names, all_)
+        chosen_names = [t.name for t in chosen]
+        stack.ensure_images(client, project, rendered, report, names=chosen_names)
+        only = chosen[0].names.service if len(chosen) == 1 else None
+        before = engine.containers(client, project, only)
+        stack.start_database(client, project, chosen, report)
+        stack.provision(project, chosen, report)
+        found = engine.containers(client, project, only)
+        pending = migrations.pending_tenants(project, chosen, found, rendered.images)
+        failures = stack.migrate_many(project, pending, found, rendered.images, report)
+        for tenant in failures:  # a tenant that was absent stays absent: drop the container made for it
+            if tenant.names.service not in before:
+                engine.compose(project, "rm", "-f", "-s", tenant.names.service, tenant=tenant, check=False)
+        chosen = [t for t in chosen if t not in failures]
+        if chosen:
+            report(f"starting {', '.join(t.name for t in chosen)}")
+            stack.compose_services(project, chosen, "up", "-d", "--no-deps")
+        health.wait_healthy(client, project, chosen, report)
+        after = engine.containers(client, project, only)
+        recreated = any(_container_id(before, t) != _container_id(after, t) for t in chosen)
+        stack.reload_proxy(client, project, chosen, report, force=recreated)
+        health.wait_routed(project, chosen)
+    if failures:  # the others are up; the command still fails, naming each failure
+        raise OperationFailed("\n".join(str(error) for error in failures.values()))
+    return chosen
+
+
+def _container_id(found: dict, tenant: Tenant) -> str | None:
+    current = found.get(tenant.names.service)
+    return current.id if current else None
+
+
+def down(project: Project, names: Iterable[str] = (), all_: bool = False,
+         report: Report = quiet) -> list[Tenant]:
+    """Stop the named tenants' containers (with --all: the whole stack); data is kept."""
+    names = list(names)
+    select(load_tenants(project), names, all_)
+    engine.connect()
+    with locked(project):
+        rendered = stack.render(project, None if all_ else names)
+        chosen = select(rendered.tenants, names, all_)
+        if all_:
+            report("stopping the whole stack")
+            engine.compose(project, "down", "--remove-orphans")
+        else:
+            report(f"stopping {', '.join(t.name for t in chosen)}")
+            stack.compose_services(project, chosen, "stop")
+    return chosen
+
+
+# ---------------------------------------------------------------------------
+# set
+
+def _hosts(value: str) -> tuple[str, ...]:
+    hosts = tuple(dict.fromkeys(check_host(h) for h in value.split(",") if h.strip()))
+    if not hosts:
+        raise ValueError("needs at least one host name")
+    return hosts
+
+
+def _number(check):
+    return lambda value: check(int(value)) if value.isdigit() else check(value)
+
+
+SETTABLE = {
+    "title": check_title,
+    "hosts": _hosts,
+    "apps": lambda value: tuple(check_module(a.strip()) for a in value.split(",") if a.strip()),
+    "memory": check_memory,
+    "workers": _number(check_count),
+    "threads": _number(check_count),
+    "port": _number(check_port),
+    "release": lambda value: check_release(value) if value else None,  # pin (empty: unpin)
+}
+
+
+def set_values(project: Project, name: str, assignments: Iterable[str]) -> Tenant:
+    """Change tenant.yaml (title, hosts, apps, memory, workers, threads, port); `tenant up` applies it."""
+    changes = {}
+    for assignment in assignments:
+        key, found, value = assignment.partition("=")
+        if not found:
+            raise ConfigError(f"{assignment!r} is not key=value, such as title='ACME Inc'")
+        if key not in SETTABLE:
+            raise ConfigError(f"{key!r} cannot be set; settable keys: {', '.join(sorted(SETTABLE))}")
+        try:
+            changes[key] = SETTABLE[key](value)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+    if not changes:
+        raise ConfigError("give at least one key=value to set")
+    with locked(project):
+        tenants = load_tenants(project)
+        tenant = select(tenants, [name], False)[0]
+        changed = replace(tenant, **changes)
+        check_hosts_free(changed.hosts, tenants, except_name=name)
+        if "port" in changes:
+            _check_port_free(project, tenants, changed)
+        stack.write_tenant_yaml(project, changed)
+        stack.render(project, [name])
+    return changed
+
+
+def _check_port_free(project: Project, tenants: list[Tenant], tenant: Tenant) -> None:
+    reserved = {project.database.publish_port: "the database", project.proxy.port: "the proxy"}
+    if tenant.port in reserved:
+        raise ConfigError(f"port {tenant.port} is {reserved[tenant.port]}'s; choose another port")
+    for other in tenants:
+        if other.name != tenant.name and other.port == tenant.port:
+            raise ConfigError(f"port {tenant.port} is already used by tenant {other.name!r}")
+
+
+# ---------------------------------------------------------------------------
+# status / list
+
+@dataclass(frozen=True)
+class TenantStatus:
+    name: str
+    title: str
+    hosts: list[str]
+    state: str
+    health: str
+    url: str
+    port: int
+    database: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _health(project: Project, tenants: list[Tenant], found: dict) -> dict[str, str]:
+    """Health of the running tenants, probed over HTTP as the proxy checks it."""
+    running = [t for t in tenants if t.enabled and engine.state_of(found.get(t.names.service)) is ContainerState.RUNNING]
+    return health.probe_many(project, running)
+
+
+def _state(tenant: Tenant, found: dict) -> str:
+    return (engine.state_of(found.get(tenant.names.service)) if tenant.enabled else ContainerState.DISABLED).value
+
+
+def status(project: Project) -> list[TenantStatus]:
+    """Every tenant with its container's state (running, stopped, absent) and health."""
+    tenants = load_tenants(project)
+    found = engine.containers(engine.connect(), project)
+    healths = _health(project, tenants, found)
+    return [TenantStatus(name=t.name, title=t.title, hosts=list(t.hosts), state=_state(t, found),
+                         health=healths.get(t.name, ""), url=project.tenant_url(t), port=t.port,
+                         database=t.names.database) for t in tenants]
+
+
+def status_detail(project: Project, names: Iterable[str] = ()) -> tuple[list[dict], database.Connections | None]:
+    """State, health, image, memory, uptime and database size of tenants, and the database
+    server's connections against its limit."""
+    names = list(names)
+    tenants = load_tenants(project)
+    chosen = select(tenants, names, not names) if names else tenants
+    client = engine.connect()
+    found = engine.containers(client, project, chosen[0].names.service if len(chosen) == 1 else None)
+    db = engine.container(client, project, "db") if project.database.service else None
+    sizes: dict[str, int] = {}
+    connections = None
+    if (not project.database.service or engine.state_of(db) is ContainerState.RUNNING) and chosen:
+        conn = database.admin_connect(project, retry=False)
+        try:
+            sizes = database.database_sizes(conn)
+            connections = database.connections(conn)
+        finally:
+            conn.close()
+    healths = _health(project, chosen, found)
+
+    def detail(tenant: Tenant) -> dict:
+        current = found.get(tenant.names.service)
+        row = {"name": tenant.name, "state": _state(tenant, found), "health": healths.get(tenant.name, ""),
+               "url": project.tenant_url(tenant), "image": current.image if current else None,
+               "memory_mib": None, "uptime_seconds": None, "maintenance": tenant.maintenance,
+               "database": tenant.names.database, "database_bytes": sizes.get(tenant.names.database),
+               "connections": connections.by_database.get(tenant.names.database, 0) if connections else None,
+               "connection_limit": stack.connection_limit(tenant)}
+        if engine.state_of(current) is ContainerState.RUNNING:
+            stats = client.api.stats(current.id, stream=False, one_shot=True).get("memory_stats", {})
+            inner = stats.get("stats", {})
+            inactive = inner.get("total_inactive_file", inner.get("inactive_file", 0))
+            row["memory_mib"] = round((stats.get("usage", 0) - inactive) / 2**20, 1)
+            started = client.api.inspect_container(current.id)["State"]["StartedAt"]
+            since = dt.datetime.fromisoformat(started[:26].rstrip("Z") + "+00:00")
+            row["uptime_seconds"] = int((dt.datetime.now(dt.timezone.utc) - since).total_seconds())
+        return row
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        rows = list(pool.map(detail, chosen))
+    return rows, connections
+
+
+# ---------------------------------------------------------------------------
+# manage
+
+def manage(project: Project, name: str, args: list[str], interactive: bool = False) -> int:
+    """Run `manage.py ARGS` in the tenant's context; return its exit code."""
+    select(load_tenants(project), [name], False)
+    client = engine.connect()
+    with locked(project):
+        rendered = stack.render(project, [name])
+        tenant = select(rendered.tenants, [name], False)[0]
+        running = engine.state_of(engine.container(client, project, tenant.names.service)) is ContainerState.RUNNING
+        if not running:
+            stack.ensure_images(client, project, rendered, names=[name])
+            stack.start_database(client, project, [tenant])
+            stack.provision(project, [tenant])
+    argv = migrations.tenant_argv(tenant, ["python", "manage.py", *args], running, interactive)
+    return engine.compose(project, *argv, tenant=tenant, capture=False, check=False,
+                          interactive=interactive).returncode
+
+
+# ---------------------------------------------------------------------------
+# maintenance
+
+def maintenance(project: Project, name: str, on: bool, report: Report = quiet) -> Tenant:
+    """Make the tenant's vhost answer 503 with a maintenance page (or serve it again)."""
+    tenant = select(load_tenants(project), [name], False)[0]
+    if project.proxy.mode is ProxyMode.NONE:
+        raise ConfigError("maintenance mode is served by the proxy; set proxy.mode in tenantkit.yaml")
+    client = engine.connect() if project.proxy.mode is ProxyMode.COMPOSE else None
+    with locked(project):
+        tenant = replace(select(load_tenants(project), [name], False)[0], maintenance=on)
+        stack.write_tenant_yaml(project, tenant)
+        rendered = stack.render(project, [name])
+        if client is not None:
+            stack.ensure_images(client, project, rendered, report, names=[name])
+        stack.reload_proxy(client, project, [tenant], report)
+    return tenant
+
+
+# ---------------------------------------------------------------------------
+# apache --mode proxy
+
+def apache_proxy(project: Project, out: Path, listen_port: int, report: Report = quiet) -> list[str]:
+    """Write vhosts for the host's own Apache, proxying to the tenants' loopback ports."""
+    client = engine.connect()
+    with locked(project):
+        rendered = stack.render(project)
+        stack.ensure_images(client, project, rendered, report, assets=True)
+        sites = render_sites(project, rendered.tenants, rendered.images, host_layout(project, listen_port))
+        project.logs_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in sites.items():
+            atomic_write(out / name, text)
+    return sorted(sites)
+
+
+# ---------------------------------------------------------------------------
+# logs
+
+def logs(project: Project, name: str, follow: bool = False, lines: int = 100) -> int:
+    """Print the tenant's container output, then its Apache access and error logs."""
+    tenant = select(load_tenants(project), [name], False)[0]
+    engine.connect()
+    apache = [project.logs_dir / f"{name}.access.log", project.logs_dir / f"{name}.error.log"]
+    apache = [str(path) for path in apache if path.exists()]
+    args = ["logs", "--no-color", "--tail", str(lines)] + (["--follow"] if follow else [])
+    if not follow:
+        code = engine.compose(project, *args, tenant.names.service, tenant=tenant, capture=False,
+                              check=False).returncode
+        for path in apache:
+            print(f"==> {path} <==", flush=True)
+            subprocess.run(["tail", "-n", str(lines), path])
+        return code
+    tails = subprocess.Popen(["tail", "-n", str(lines), "-F", *apache]) if apache else None
+    try:
+        return engine.compose(project, *args, tenant.names.service, tenant=tenant, capture=False,
+                              check=False).returncode
+    finally:
+        if tails:
+            tails.terminate()
+
+
+__all__ = ["new", "render", "build", "up", "down", "set_values", "SETTABLE", "status", "status_detail",
+           "TenantStatus", "manage", "maintenance", "apache_proxy", "logs"]
