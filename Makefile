@@ -51,3 +51,4 @@ bench: deps images host-services
 	$(PYTHON) bench/proxy.py
 	$(PYTHON) bench/lifecycle.py
 	$(PYTHON) bench/deploy.py
+	$(PYTHON) bench/density.py

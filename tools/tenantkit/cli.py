@@ -1,4 +1,4 @@
-"""The `tenant` command: parse, call one lifecycle function, print.
+"""The `tenant` command: parse, call one orchestration function, print.
 
 Exit codes: 0 success; 1 an operation failed (a migration, a container); 2 bad input
 (one line on stderr naming the problem and the fix; nothing was changed).

@@ -189,8 +189,10 @@ def _deploy_one(client, project: Project, tenant: Tenant, version: str, report: 
         if not running:
             engine.compose(project, "rm", "-f", "-s", tenant.names.service, tenant=tenant, check=False)
         else:
-            engine.compose(project, "up", "-d", "--no-deps", tenant.names.service, tenant=tenant, check=False)
-            stack.reload_proxy(client, project, [tenant], force=True)
+            try:  # back on its recorded release; routed again only once it answers
+                _recreate(client, project, tenant)
+            except (OperationFailed, ConfigError) as again:
+                report(f"{tenant.name}: could not be brought back on its previous release: {again}")
         return Outcome(tenant.name, "failed", time.monotonic() - started, str(exc), 1)
     return Outcome(tenant.name, "ok", time.monotonic() - started, f"deployed {version} (from {previous}); backup {saved}")
 

@@ -14,5 +14,4 @@ def render_settings(project: Project, tenant: Tenant, site_url: str,
         db_port=str(db_port or project.database.port),
         site_url=site_url,
         backend_host=tenant.names.backend_host if project.proxy.mode is ProxyMode.COMPOSE else "",
-        conn_max_age=max(1, min(60, project.proxy.health_interval // 2)),
     )
