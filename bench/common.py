@@ -23,16 +23,21 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def bench_project(name: str, **overrides):
-    """A project folder with its own compose project name and ports; `down -v` at the end."""
+def bench_project(name: str, keep: bool = False, **overrides):
+    """A project folder with its own compose project name and ports; `down -v` at the end
+    (unless `keep`: then the stack and its folder stay, and where they are is printed)."""
     with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
+        if keep:
+            tmp = tempfile.mkdtemp(prefix=f"{name}-")
         root = write_project(Path(tmp), name=f"{name}{os.getpid()}", database__publish_port=free_port(),
                              ports__first=free_port(), **{"proxy__port": free_port(), **overrides})
         try:
             yield root
         finally:
             compose = root / "compose" / "compose.yaml"
-            if compose.exists():
+            if keep:
+                print(f"kept: {root} (remove with `docker compose -f {compose} down -v`)")
+            elif compose.exists():
                 subprocess.run(["docker", "compose", "-f", str(compose), "down", "-v", "-t", "5"],
                                capture_output=True)
 

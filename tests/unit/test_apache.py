@@ -30,7 +30,7 @@ def test_each_vhost_proxies_to_its_own_container_only(project):
         backends = set(re.findall(r'BalancerMember "([^"]+)"', sites[t.names.vhost]))
         assert backends == {f"http://tk-{t.name}:8000"}
         assert re.search(r'ProxyPass "/" "balancer://tk-%s/"' % t.name, sites[t.names.vhost])
-        assert "hcmethod=GET hcuri=/healthz/ hcinterval=30" in sites[t.names.vhost]
+        assert "hcmethod=GET hcuri=/healthz/ hcinterval=60" in sites[t.names.vhost]
         assert f"/srv/tenants/{t.name}/www/content" in sites[t.names.vhost]
         other = ({"acme", "zed"} - {t.name}).pop()
         assert other not in sites[t.names.vhost]

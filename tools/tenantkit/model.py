@@ -105,7 +105,7 @@ class Proxy:
     mode: ProxyMode = ProxyMode.COMPOSE
     port: int = 8080  # compose: published on 127.0.0.1; host: the port the host's Apache listens on
     reload_command: tuple[str, ...] = ()  # host mode: how to reload the host's Apache
-    health_interval: int = 30  # seconds between the proxy's health checks of each tenant
+    health_interval: int = 60  # seconds between the proxy's health checks of each tenant
 
 
 @dataclass(frozen=True)
@@ -571,7 +571,7 @@ def load_project(root: Path) -> Project:
         mode=ProxyMode(px.get("mode", _one_of([m.value for m in ProxyMode]), "compose")),
         port=px.get("port", check_port_any, 8080),
         reload_command=px.get("reload_command", _list_of(check_text), ()),
-        health_interval=px.get("health_interval", lambda v: check_count(v, 1, 3600), 30),
+        health_interval=px.get("health_interval", lambda v: check_count(v, 1, 3600), Proxy.health_interval),
     )
     px.done()
 

@@ -82,6 +82,7 @@ class Container:
     service: str
     state: ContainerState
     image: str
+    image_id: str
     restarting: bool
     labels: dict
 
@@ -93,7 +94,8 @@ class Container:
             id=entry["Id"], name=(entry.get("Names") or ["/"])[0].lstrip("/"),
             service=labels.get("com.docker.compose.service", ""),
             state=ContainerState.RUNNING if status in ("running", "restarting") else ContainerState.STOPPED,
-            image=entry.get("Image", ""), restarting=status == "restarting", labels=labels,
+            image=entry.get("Image", ""), image_id=entry.get("ImageID", ""), restarting=status == "restarting",
+            labels=labels,
         )
 
 
@@ -169,12 +171,17 @@ def foreign_subnets(client: docker.DockerClient, project: Project) -> list[ipadd
     return subnets
 
 
-def network_exists(client: docker.DockerClient, name: str) -> bool:
+def image_id(client: docker.DockerClient, tag: str) -> str | None:
     try:
-        client.api.inspect_network(name)
-        return True
-    except docker.errors.NotFound:
-        return False
+        return client.api.inspect_image(tag)["Id"]
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def project_networks(client: docker.DockerClient, project: Project) -> set[str]:
+    """Names of the engine networks Compose made for this project (one list call)."""
+    listed = client.api.networks(filters={"label": f"com.docker.compose.project={project.name}"})
+    return {network["Name"] for network in listed}
 
 
 def remove_network(client: docker.DockerClient, name: str) -> None:

@@ -1,11 +1,14 @@
 """Which tenants need migrations, and running commands in a tenant's context."""
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 from ..model import Project, Tenant
 from . import database, engine
 from .engine import OperationFailed, tail
+from .files import atomic_write
 
 
 MIGRATE = ["python", "manage.py", "migrate", "--noinput"]  # the one migrate command line
@@ -34,19 +37,39 @@ def graph_key(tenant: Tenant, images: dict[str, str]) -> tuple:
     return images[tenant.name], tenant.apps
 
 
-def migration_graphs(project: Project, tenants: list[Tenant], states: dict,
+def _graph_cache(project: Project, client, tenant: Tenant, image: str) -> Path | None:
+    """Where the graph of this image (by id: tags can move) and these apps is kept, if the
+    image exists. A tenant's local_settings.py can change its apps, so it counts too."""
+    image_id = engine.image_id(client, image)
+    if image_id is None:
+        return None
+    local = tenant.path / "local_settings.py"
+    extra = hashlib.sha256(repr(tenant.apps).encode() + (local.read_bytes() if local.is_file() else b""))
+    return project.cache_dir / "graphs" / f"{image_id.split(':')[-1][:24]}-{extra.hexdigest()[:16]}.json"
+
+
+def migration_graphs(project: Project, client, tenants: list[Tenant], found: dict,
                      images: dict[str, str]) -> dict[tuple, list]:
-    """The migration graph of each distinct (image, extra apps) among the tenants (usually one)."""
+    """The migration graph of each distinct (image, extra apps) among the tenants (usually one).
+
+    Reading a graph runs Python in a container, so each is kept in .tenantkit/cache/graphs
+    once read: an image's migrations never change."""
     graphs: dict[tuple, list] = {}
     for tenant in tenants:
         key = graph_key(tenant, images)
         if key in graphs:
             continue
+        cache = _graph_cache(project, client, tenant, images[tenant.name])
+        if cache is not None and cache.is_file():
+            graphs[key] = json.loads(cache.read_text())
+            continue
         code, output = in_tenant(project, tenant, ["python", "/opt/tenantkit/migration_graph.py"],
-                                 runs_current_image(states, tenant, images[tenant.name]))
+                                 runs_current_image(found, tenant, images[tenant.name]))
         if code != 0:
             raise OperationFailed(f"reading the migration graph (as tenant {tenant.name}) failed:\n{tail(output)}")
         graphs[key] = json.loads(output.strip().splitlines()[-1])
+        if cache is not None:
+            atomic_write(cache, json.dumps(graphs[key]))
     return graphs
 
 
@@ -60,7 +83,8 @@ def needs_migrate(graph: list, applied: set | None) -> bool:
     return False
 
 
-def pending_tenants(project: Project, tenants: list[Tenant], states: dict, images: dict[str, str]) -> list[Tenant]:
+def pending_tenants(project: Project, client, tenants: list[Tenant], found: dict,
+                    images: dict[str, str]) -> list[Tenant]:
     """The tenants whose databases lack a migration of `image`'s code.
 
     A tenant with no migrations recorded needs them without asking the code; for the
@@ -68,6 +92,6 @@ def pending_tenants(project: Project, tenants: list[Tenant], states: dict, image
     """
     applied = {t.name: database.applied_migrations(project, t.names) for t in tenants}
     known = [t for t in tenants if applied[t.name] is not None]
-    graphs = migration_graphs(project, known, states, images) if known else {}
+    graphs = migration_graphs(project, client, known, found, images) if known else {}
     return [t for t in tenants
             if applied[t.name] is None or needs_migrate(graphs[graph_key(t, images)], applied[t.name])]

@@ -119,7 +119,7 @@ def migrate(project: Project, names: Iterable[str] = (), all_: bool = False, job
         stack.start_database(client, project, chosen, report)
         stack.provision(project, chosen)
         found = engine.containers(client, project)
-        graphs = migration_graphs(project, chosen, found, rendered.images)
+        graphs = migration_graphs(project, client, chosen, found, rendered.images)
         folder = run_dir(project, "migrate")
 
         def work(tenant: Tenant) -> Outcome:

@@ -293,7 +293,7 @@ def _rollback_one(client, project: Project, tenant: Tenant, report: Report) -> O
     _set_runtime(project, tenant, TenantRuntime(release=previous))
     try:
         rendered_images = {tenant.name: release_image(project, previous)}
-        graph = migrations.migration_graphs(project, [tenant], {}, rendered_images)
+        graph = migrations.migration_graphs(project, client, [tenant], {}, rendered_images)
         applied = database.applied_migrations(project, tenant.names) or set()
         unknown = applied - _graph_keys(next(iter(graph.values())))
         detail = "data kept"

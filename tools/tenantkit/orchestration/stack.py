@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 import yaml
 
 from ..act import build as builder
-from ..act import database, engine, health, migrations, proxy, state
+from ..act import database, engine, migrations, proxy, state
 from ..act.engine import ContainerState, OperationFailed, tail
 from ..act.files import atomic_write, give_to_app_user, locked
 from ..act.secrets import ensure_db_admin_secret, new_tenant_secrets, read_env_file, write_env_file
@@ -30,6 +30,7 @@ from ..render.settings import render_settings
 
 Report = Callable[[str], None]
 MIGRATE_JOBS = 4
+CONFIG_LABEL = "tenantkit.config"
 
 
 def quiet(message: str) -> None:
@@ -109,6 +110,14 @@ class Rendered:
     proxy_image: str | None
     images: dict[str, str]  # the image each enabled tenant runs (a release, or the working tree's)
     state: state.State
+    configs: dict[str, str]  # the digest of each rendered tenant's container definition
+
+    def is_current(self, tenant: Tenant, container: engine.Container | None, image_ids: dict[str, str]) -> bool:
+        """Whether the tenant's container runs, made from its current definition and image
+        (`image_ids`: the id each image tag names now)."""
+        return (engine.state_of(container) is ContainerState.RUNNING and not container.restarting
+                and container.labels.get(CONFIG_LABEL) == self.configs.get(tenant.name)
+                and container.image_id == image_ids.get(self.images[tenant.name]))
 
     def named(self, names: Iterable[str]) -> list[Tenant]:
         wanted = set(names)
@@ -164,7 +173,9 @@ def render(project: Project, names: Iterable[str] | None = None) -> Rendered:
 
         project_digest = _project_digest(project, proxy_image)
         cache = _render_cache(project)
-        digests = cache.get("tenants", {}) if cache.get("project") == project_digest else {}
+        fresh = cache.get("project") == project_digest
+        digests = cache.get("tenants", {}) if fresh else {}
+        configs = cache.get("configs", {}) if fresh else {}
         with_proxy = project.proxy.mode is not ProxyMode.NONE
         layout = proxy_layout(project) if with_proxy else None
         present = _listing(project.tenant_compose_dir) | (_listing(project.sites_dir) if with_proxy else set())
@@ -175,8 +186,12 @@ def render(project: Project, names: Iterable[str] | None = None) -> Rendered:
                 continue
             ensure_tenant_files(tenant)
             settings_digest = write_settings(project, tenant)
-            atomic_write(project.tenant_compose_file(tenant), dump_compose(
-                render_tenant_compose(project, tenant, images[tenant.name], runtime.subnet, settings_digest)))
+            doc = render_tenant_compose(project, tenant, images[tenant.name], runtime.subnet, settings_digest)
+            # The digest of everything the container is made from, as a label: `up` leaves a
+            # running container whose label matches alone, without asking Compose.
+            configs[tenant.name] = hashlib.sha256(dump_compose(doc).encode()).hexdigest()[:16]
+            doc["services"][tenant.names.service]["labels"][CONFIG_LABEL] = configs[tenant.name]
+            atomic_write(project.tenant_compose_file(tenant), dump_compose(doc))
             if with_proxy:
                 proxy.write_site(project, tenant.names.vhost, render_proxy_vhost(
                     tenant, layout, images[tenant.name], runtime.next_backend))
@@ -184,9 +199,10 @@ def render(project: Project, names: Iterable[str] | None = None) -> Rendered:
 
         if wanted is None:  # a full render also removes what belongs to no enabled tenant
             keep = {t.name for t in enabled}
-            for name in list(digests):
+            for name in set(digests) | set(configs):
                 if name not in keep:
-                    del digests[name]
+                    digests.pop(name, None)
+                    configs.pop(name, None)
             _remove_stale(project, keep, with_proxy)
         if with_proxy:
             proxy.write_site(project, DEFAULT_SITE, render_default_vhost(layout))
@@ -197,8 +213,9 @@ def render(project: Project, names: Iterable[str] | None = None) -> Rendered:
         stack_key = hashlib.sha256(f"{project_digest}\0{[t.name for t in enabled]}".encode()).hexdigest()
         if cache.get("stack") != stack_key or not project.compose_file.exists():
             atomic_write(project.compose_file, dump_compose(render_stack(project, enabled, proxy_image)))
-        _write_render_cache(project, {"project": project_digest, "stack": stack_key, "tenants": digests})
-        return Rendered(enabled, context, image, proxy_context, proxy_image, images, current)
+        _write_render_cache(project, {"project": project_digest, "stack": stack_key, "tenants": digests,
+                                      "configs": configs})
+        return Rendered(enabled, context, image, proxy_context, proxy_image, images, current, configs)
 
 
 def _listing(folder: Path) -> set[str]:
@@ -236,6 +253,7 @@ def forget(project: Project, tenant: Tenant) -> None:
         proxy.remove_site(project, tenant.names.vhost)
         cache = _render_cache(project)
         cache.get("tenants", {}).pop(tenant.name, None)
+        cache.get("configs", {}).pop(tenant.name, None)
         cache.pop("stack", None)
         _write_render_cache(project, cache)
 
@@ -288,23 +306,23 @@ def check_network_pool(client, project: Project) -> None:
 def start_database(client, project: Project, tenants: list[Tenant], report: Report = quiet) -> None:
     """Start the compose db service, or attach the running one to the tenants' networks
     (creating them first); wait until it accepts connections."""
+    existing = engine.project_networks(client, project)
+    if not existing or any(project.network_name(t.names) not in existing for t in tenants):
+        check_network_pool(client, project)  # before the first network is created
     if not project.database.service:
         return
     found = engine.container(client, project, "db")
     if engine.state_of(found) is not ContainerState.RUNNING:
         report("starting database")
-        check_network_pool(client, project)
         engine.compose(project, "up", "-d", "--no-recreate", "db")
     else:
         on = engine.networks_of(client, found.id)
         missing = [t for t in tenants if project.network_name(t.names) not in on]
         if missing:
-            check_network_pool(client, project)
-        if missing:
             # Creates the tenants' networks (and containers, unstarted) without touching db
             # and without recreating a running tenant: that is `up -d`'s job, after migrations.
             compose_services(project, missing, "up", "--no-start", "--no-deps", "--no-recreate")
-        engine.attach_to_networks(client, project, "db", [project.network_name(t.names) for t in missing])
+            engine.attach_to_networks(client, project, "db", [project.network_name(t.names) for t in missing])
     database.admin_connect(project).close()  # retried while the server starts
 
 

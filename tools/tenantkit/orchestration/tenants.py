@@ -104,15 +104,17 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
         stack.start_database(client, project, chosen, report)
         stack.provision(project, chosen, report)
         found = engine.containers(client, project, only)
-        pending = migrations.pending_tenants(project, chosen, found, rendered.images)
+        pending = migrations.pending_tenants(project, client, chosen, found, rendered.images)
         failures = stack.migrate_many(project, pending, found, rendered.images, report)
         for tenant in failures:  # a tenant that was absent stays absent: drop the container made for it
             if tenant.names.service not in before:
                 engine.compose(project, "rm", "-f", "-s", tenant.names.service, tenant=tenant, check=False)
         chosen = [t for t in chosen if t not in failures]
-        if chosen:
-            report(f"starting {', '.join(t.name for t in chosen)}")
-            stack.compose_services(project, chosen, "up", "-d", "--no-deps")
+        image_ids = {image: engine.image_id(client, image) for image in {rendered.images[t.name] for t in chosen}}
+        stale = [t for t in chosen if not rendered.is_current(t, found.get(t.names.service), image_ids)]
+        if stale:
+            report(f"starting {', '.join(t.name for t in stale)}")
+            stack.compose_services(project, stale, "up", "-d", "--no-deps")
         health.wait_healthy(client, project, chosen, report)
         after = engine.containers(client, project, only)
         recreated = any(_container_id(before, t) != _container_id(after, t) for t in chosen)
