@@ -230,6 +230,26 @@ def test_status_reports_memory_uptime_image_and_database_size(stack):
     assert row["state"] == "running" and 10 < row["memory_mib"] < 256
     assert row["uptime_seconds"] >= 0 and row["database_bytes"] > 1_000_000
     assert re.match(r".*/app:src-[0-9a-f]{12}$", row["image"])
+    assert row["health"] == "healthy"
+    # Connections: a request's own, at most; against the role's budget (1 worker x 4 threads + 3).
+    assert row["connection_limit"] == 7 and 0 <= row["connections"] <= 7
+    table = stack.ok("status").out
+    assert re.search(r"database server: \d+ of 1000 connections in use", table)
+
+
+def test_a_tenant_role_cannot_exceed_its_connection_budget(stack):
+    import psycopg2
+    password = stack.secret("alpha", "TENANT_DB_PASSWORD")
+    held = []
+    try:
+        with pytest.raises(psycopg2.OperationalError, match="too many connections for role"):
+            for _ in range(8):
+                held.append(psycopg2.connect(host="127.0.0.1", port=stack.db_port(), user="alpha",
+                                             password=password, dbname="alpha", connect_timeout=5))
+        assert len(held) == 7
+    finally:
+        for conn in held:
+            conn.close()
 
 
 def test_logs_show_the_container_and_its_apache_logs(stack):

@@ -43,8 +43,9 @@ def fleet():
     root = Path(tempfile.mkdtemp(prefix="tkscale-"))
     proxy_port = free_port()
     name = f"tkscale{os.getpid()}"
+    # Health checks every 2 s, so that taking a tenant out of rotation is quick to see.
     write_project(root, name=name, database__publish_port=free_port(), ports__first=free_port(),
-                  proxy__port=proxy_port)
+                  proxy__port=proxy_port, proxy__health_interval=2)
     names = [f"s{i:02d}" for i in range(COUNT)]
     try:
         for tenant in names:
@@ -109,6 +110,46 @@ def test_a_command_about_one_tenant_touches_only_that_tenant(fleet):
     assert [t for t in names if now[t] != ids[t]] == [names[5]]
     assert "Changed Five" in requests.get(
         f"http://127.0.0.1:{fleet[3]}/", headers={"Host": f"{names[5]}.localhost"}, timeout=10).text
+
+
+def wait_for(check, seconds: float = 20) -> bool:
+    import time
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def test_an_unhealthy_tenant_is_taken_out_of_rotation_and_reported_alike(fleet):
+    import psycopg2
+    root, _, names, proxy_port = fleet
+    sick, well = names[3], names[4]
+    env = (root / ".tenantkit" / "db.env").read_text()
+    admin = dict(host="127.0.0.1", user="postgres", password=env.split("POSTGRES_PASSWORD=")[1].split()[0],
+                 port=int(__import__("re").search(r"publish_port: (\d+)", (root / "tenantkit.yaml").read_text()).group(1)))
+
+    def status(name):
+        return requests.get(f"http://127.0.0.1:{proxy_port}/", headers={"Host": f"{name}.localhost"}, timeout=10)
+
+    conn = psycopg2.connect(dbname="postgres", **admin)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:  # the sick tenant's health path now fails: its database refuses it
+            cur.execute(f'ALTER ROLE "{sick}" NOLOGIN')
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (sick,))
+        assert wait_for(lambda: status(sick).status_code == 503)
+        assert "Service Unavailable" in status(sick).text  # Apache's answer: no request reached Django
+        assert status(well).status_code == 200
+        rows = {r["name"]: r for r in json.loads(ok(root, "list", "--json").out)}
+        assert rows[sick]["health"] == "unhealthy: /healthz/ answered 503"
+        assert rows[well]["health"] == "healthy"
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f'ALTER ROLE "{sick}" LOGIN')
+        conn.close()
+    assert wait_for(lambda: status(sick).status_code == 200)  # back in rotation by itself
 
 
 def test_a_pool_that_overlaps_an_engine_network_is_refused(tmp_path):

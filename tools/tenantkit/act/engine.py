@@ -195,6 +195,20 @@ def remove_network(client: docker.DockerClient, name: str) -> None:
     client.api.remove_network(name)
 
 
-def compose_path(project: Project, target: Path) -> str:
-    """A path as a compose file refers to it: relative to compose/."""
-    return os.path.relpath(target, project.compose_file.parent)
+NEIGHBOUR_LIMIT = Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
+NEIGHBOURS_PER_TENANT = 6  # its container's, and the database's and the proxy's on its network, both ways
+
+
+def neighbour_table_warning(tenants: int) -> str | None:
+    """A warning when this many tenants would overflow the kernel's neighbour (ARP) table,
+    which all network namespaces share: connections then stall for seconds."""
+    try:
+        limit = int(NEIGHBOUR_LIMIT.read_text())
+    except (OSError, ValueError):
+        return None
+    if tenants * NEIGHBOURS_PER_TENANT <= limit:
+        return None
+    return (f"warning: {tenants} tenants need about {tenants * NEIGHBOURS_PER_TENANT} kernel neighbour entries, "
+            f"more than net.ipv4.neigh.default.gc_thresh3 ({limit}); raise it (as root: sysctl -w "
+            "net.ipv4.neigh.default.gc_thresh3=65536, with gc_thresh2=32768 and gc_thresh1=8192), "
+            "or connections will stall")

@@ -99,6 +99,9 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
         chosen = select(rendered.tenants, names, all_)
         chosen_names = [t.name for t in chosen]
         stack.ensure_images(client, project, rendered, report, names=chosen_names)
+        warning = engine.neighbour_table_warning(len(rendered.tenants))
+        if warning:
+            report(warning)
         only = chosen[0].names.service if len(chosen) == 1 else None
         before = engine.containers(client, project, only)
         stack.start_database(client, project, chosen, report)
