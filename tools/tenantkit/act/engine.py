@@ -132,9 +132,15 @@ def container_logs(client: docker.DockerClient, found: Container | None, lines: 
         return ""
 
 
-def networks_of(client: docker.DockerClient, container_id: str) -> set[str]:
-    attrs = client.api.inspect_container(container_id)
-    return set(attrs["NetworkSettings"]["Networks"])
+def network_members(client: docker.DockerClient, name: str) -> set[str] | None:
+    """Ids of the containers on a network, or None when there is no such network.
+
+    Asks about one network, so its cost does not grow with the fleet (a container on
+    every tenant network, like the database, has an inspect as long as the fleet)."""
+    try:
+        return set(client.api.inspect_network(name).get("Containers") or {})
+    except docker.errors.NotFound:
+        return None
 
 
 def attach_to_networks(client: docker.DockerClient, project: Project, service: str,
@@ -148,10 +154,10 @@ def attach_to_networks(client: docker.DockerClient, project: Project, service: s
     found = container(client, project, service)
     if found is None:
         return []
-    current = networks_of(client, found.id)
     attached = []
     for network in networks:
-        if network not in current:
+        members = network_members(client, network)
+        if members is not None and found.id not in members:
             client.api.connect_container_to_network(found.id, network, aliases=[service])
             attached.append(network)
     return attached
@@ -176,12 +182,6 @@ def image_id(client: docker.DockerClient, tag: str) -> str | None:
         return client.api.inspect_image(tag)["Id"]
     except docker.errors.ImageNotFound:
         return None
-
-
-def project_networks(client: docker.DockerClient, project: Project) -> set[str]:
-    """Names of the engine networks Compose made for this project (one list call)."""
-    listed = client.api.networks(filters={"label": f"com.docker.compose.project={project.name}"})
-    return {network["Name"] for network in listed}
 
 
 def remove_network(client: docker.DockerClient, name: str) -> None:

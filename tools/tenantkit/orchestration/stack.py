@@ -306,18 +306,18 @@ def check_network_pool(client, project: Project) -> None:
 def start_database(client, project: Project, tenants: list[Tenant], report: Report = quiet) -> None:
     """Start the compose db service, or attach the running one to the tenants' networks
     (creating them first); wait until it accepts connections."""
-    existing = engine.project_networks(client, project)
-    if not existing or any(project.network_name(t.names) not in existing for t in tenants):
-        check_network_pool(client, project)  # before the first network is created
+    members = {t.name: engine.network_members(client, project.network_name(t.names)) for t in tenants}
+    found = engine.container(client, project, "db") if project.database.service else None
+    db_running = engine.state_of(found) is ContainerState.RUNNING
+    if None in members.values() or (project.database.service and not db_running):
+        check_network_pool(client, project)  # before Compose creates a network
     if not project.database.service:
         return
-    found = engine.container(client, project, "db")
-    if engine.state_of(found) is not ContainerState.RUNNING:
+    if not db_running:
         report("starting database")
         engine.compose(project, "up", "-d", "--no-recreate", "db")
     else:
-        on = engine.networks_of(client, found.id)
-        missing = [t for t in tenants if project.network_name(t.names) not in on]
+        missing = [t for t in tenants if found.id not in (members[t.name] or ())]
         if missing:
             # Creates the tenants' networks (and containers, unstarted) without touching db
             # and without recreating a running tenant: that is `up -d`'s job, after migrations.

@@ -119,18 +119,12 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
             report(f"starting {', '.join(t.name for t in stale)}")
             stack.compose_services(project, stale, "up", "-d", "--no-deps")
         health.wait_healthy(client, project, chosen, report)
-        after = engine.containers(client, project, only)
-        recreated = any(_container_id(before, t) != _container_id(after, t) for t in chosen)
-        stack.reload_proxy(client, project, chosen, report, force=recreated)
+        # A recreated container has a new address, which Apache only learns on a reload.
+        stack.reload_proxy(client, project, chosen, report, force=bool(stale))
         health.wait_routed(project, chosen)
     if failures:  # the others are up; the command still fails, naming each failure
         raise OperationFailed("\n".join(str(error) for error in failures.values()))
     return chosen
-
-
-def _container_id(found: dict, tenant: Tenant) -> str | None:
-    current = found.get(tenant.names.service)
-    return current.id if current else None
 
 
 def down(project: Project, names: Iterable[str] = (), all_: bool = False,
