@@ -29,7 +29,7 @@ from pathlib import Path
 
 from common import bench_project, cli, write_project
 
-TIMED_RUNS = 5
+TIMED_RUNS = 9
 
 
 def timed(root: Path, *args: str) -> float:

@@ -150,14 +150,15 @@ def _render_cache(project: Project) -> dict:
         return {}
 
 
-def render(project: Project, names: Iterable[str] | None = None) -> Rendered:
+def render(project: Project, names: Iterable[str] | None = None, tenants: list[Tenant] | None = None) -> Rendered:
     """Write the artifacts of the named tenants (None: of every tenant) and the stack file.
 
     Holds the project lock. Tenants' vhosts route as the stored state says (a deploy's
-    "next" container included), whichever process renders them.
+    "next" container included), whichever process renders them. `tenants`: the fleet as
+    the caller loaded it under the same lock hold, so it is not read twice.
     """
     with locked(project):
-        tenants = load_tenants(project)
+        tenants = load_tenants(project) if tenants is None else tenants
         enabled = [t for t in tenants if t.enabled]
         context = builder.build_context(project, project.images.base)
         image = builder.image_tag(project, context)

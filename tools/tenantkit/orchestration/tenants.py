@@ -92,10 +92,12 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
     select(load_tenants(project), names, all_)  # bad names fail before anything else
     client = engine.connect()
     with locked(project):
-        for tenant in select(load_tenants(project), names, all_) if names else []:
+        tenants = load_tenants(project)
+        for tenant in select(tenants, names, all_) if names else []:
             if not tenant.enabled:  # `up` brings back a tenant removed with --keep-data
                 stack.write_tenant_yaml(project, replace(tenant, enabled=True))
-        rendered = stack.render(project, None if all_ else names)
+                tenants = [replace(t, enabled=True) if t.name == tenant.name else t for t in tenants]
+        rendered = stack.render(project, None if all_ else names, tenants)
         chosen = select(rendered.tenants, names, all_)
         chosen_names = [t.name for t in chosen]
         stack.ensure_images(client, project, rendered, report, names=chosen_names)
@@ -194,7 +196,7 @@ def set_values(project: Project, name: str, assignments: Iterable[str]) -> Tenan
         if "port" in changes:
             _check_port_free(project, tenants, changed)
         stack.write_tenant_yaml(project, changed)
-        stack.render(project, [name])
+        stack.render(project, [name], [changed if t.name == name else t for t in tenants])
     return changed
 
 
