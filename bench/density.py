@@ -5,8 +5,9 @@ Prints, each beside its target (issue "Hundreds of tenants on one host"):
   - a request to every tenant through the proxy, then a bounded load spread over all of
     them, with the count of failed requests (target 0);
   - memory in all and per tenant, and idle host CPU in cores over one minute (target 0.2);
-  - `tenant up ONE`, `tenant set ONE`, `tenant list` and `tenant render` at N and at 3
-    tenants, in this same run, and their ratio (target 1.2 for single-tenant commands);
+  - `tenant up ONE`, `tenant set ONE`, `tenant list` and `tenant render` in the N-tenant
+    project and in a 3-tenant project on the same engine, their runs interleaved so both
+    meet the same host load, and the ratio (target 1.2 for single-tenant commands);
   - `tenant render` of 10,000 tenant folders, no Docker needed (target 1 s).
 
     python bench/density.py [--tenants 200] [--idle-seconds 60] [--render-tenants 10000]
@@ -38,14 +39,26 @@ def timed(root: Path, *args: str) -> float:
     return time.monotonic() - started
 
 
-def single_tenant_costs(root: Path, one: str) -> dict[str, float]:
-    """Median seconds of the commands whose cost must not grow with the fleet (and list, render)."""
-    costs = {"up ONE": statistics.median(timed(root, "up", one) for _ in range(TIMED_RUNS))}
-    costs["set ONE"] = statistics.median(timed(root, "set", one, f"title=Bench {i}") for i in range(TIMED_RUNS))
-    cli(root, "up", one)  # apply the last set, so later runs start from a settled tenant
-    costs["list"] = statistics.median(timed(root, "list") for _ in range(TIMED_RUNS))
-    costs["render"] = statistics.median(timed(root, "render") for _ in range(TIMED_RUNS))
-    return costs
+COMMANDS = {  # name: the arguments, given the tenant and the run's number
+    "up ONE": lambda one, i: ("up", one),
+    "set ONE": lambda one, i: ("set", one, f"title=Bench {i}"),
+    "list": lambda one, i: ("list",),
+    "render": lambda one, i: ("render",),
+}
+
+
+def command_costs(projects: dict[str, tuple[Path, str]]) -> dict[str, dict[str, float]]:
+    """Median seconds of each command in each project, their runs interleaved, so that both
+    projects meet the same host load (the running fleet's own CPU use included)."""
+    times: dict[str, dict[str, list[float]]] = {p: {c: [] for c in COMMANDS} for p in projects}
+    for command, argv in COMMANDS.items():
+        for i in range(TIMED_RUNS):
+            for label, (root, one) in projects.items():
+                times[label][command].append(timed(root, *argv(one, i)))
+        if command == "set ONE":
+            for root, one in projects.values():
+                cli(root, "up", one)  # apply the last set, so later runs start from a settled tenant
+    return {label: {c: statistics.median(v) for c, v in per.items()} for label, per in times.items()}
 
 
 def get(port: int, host: str, path: str = "/") -> tuple[int, bytes]:
@@ -183,24 +196,18 @@ def main() -> None:
     say(f"tenant render, {args.render_tenants} tenant folders: {again:.2f} s unchanged (target <= 1.0 s); "
         f"{first:.1f} s the first time, writing every file")
 
-    with bench_project("tkdensity", keep=args.keep) as root:
+    with bench_project("tkdensmall") as small, bench_project("tkdensity", keep=args.keep) as root:
         project_name = re.search(r"^name: (\S+)", (root / "tenantkit.yaml").read_text(), re.M).group(1)
         proxy_port = int(re.search(r"^proxy:\n(?:  .*\n)*?  port: (\d+)", (root / "tenantkit.yaml").read_text(),
                                    re.M).group(1))
+        for name in ("m0", "m1", "m2"):
+            cli(small, "new", name)
+        cli(small, "up", "--all")
         names = [f"n{i:03d}" for i in range(args.tenants)]
-        for name in names[:3]:
+        for name in names:
             cli(root, "new", name, "--title", name.upper())
-        cli(root, "up", "--all")
-        small = single_tenant_costs(root, names[0])
-        print(f"(at 3 tenants: {', '.join(f'{k} {v:.2f} s' for k, v in small.items())})", flush=True)
-
-        for name in names[3:]:
-            cli(root, "new", name, "--title", name.upper())
-        networks_before = len(subprocess.run(["docker", "network", "ls", "-q"], capture_output=True,
-                                             text=True).stdout.split())
         up_all = timed(root, "up", "--all")
-        say(f"tenant up --all, {args.tenants} tenants ({args.tenants - 3} new): {up_all:.1f} s; "
-            f"engine networks now {networks_before} + the new ones")
+        say(f"tenant up --all, {args.tenants} tenants: {up_all:.1f} s")
         failed = every_tenant_answers(proxy_port, names)
         say(f"one request to each of {args.tenants} tenants through the proxy: {failed} failed (target 0)")
         sent, load_failed, load_seconds = bounded_load(proxy_port, names, args.load_requests, 120)
@@ -215,15 +222,15 @@ def main() -> None:
             f"db {sum(v for k, v in memory.items() if k.endswith('-db-1')):.0f} MiB, "
             f"proxy {sum(v for k, v in memory.items() if k.endswith('-proxy-1')):.0f} MiB")
         cores, top = idle_cores(args.idle_seconds)
-        say(f"idle host CPU with {args.tenants} tenants, over {args.idle_seconds:.0f} s: {cores:.3f} cores "
-            "(target <= 0.2); most: " + ", ".join(f"{name} {used:.3f}" for name, used in top))
+        say(f"idle host CPU with {args.tenants} tenants (and a 3-tenant project), over {args.idle_seconds:.0f} s: "
+            f"{cores:.3f} cores (target <= 0.2); most: " + ", ".join(f"{name} {used:.3f}" for name, used in top))
 
-        large = single_tenant_costs(root, names[0])
-        for key in small:
-            ratio = large[key] / small[key]
+        costs = command_costs({"small": (small, "m0"), "large": (root, names[0])})
+        for key in COMMANDS:
+            ratio = costs["large"][key] / costs["small"][key]
             target = " (target <= 1.2)" if key.endswith("ONE") else ""
-            say(f"tenant {key}: {large[key]:.2f} s at {args.tenants} tenants, {small[key]:.2f} s at 3: "
-                f"ratio {ratio:.2f}{target}")
+            say(f"tenant {key}: {costs['large'][key]:.2f} s with {args.tenants} tenants, "
+                f"{costs['small'][key]:.2f} s with 3 (same host, runs interleaved): ratio {ratio:.2f}{target}")
     print("\nsummary:\n" + "\n".join(lines))
 
 
