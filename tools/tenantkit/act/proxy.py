@@ -84,7 +84,7 @@ def sync(client: docker.DockerClient | None, project: Project, networks: list[st
             reload_host(project)
     else:
         found = engine.container(client, project, "proxy")
-        if found is None or found.state is not engine.ContainerState.RUNNING:
+        if engine.state_of(found) is not engine.ContainerState.RUNNING:
             report("starting proxy")
             engine.compose(project, "up", "-d", "--no-deps", "--no-recreate", "proxy")
         else:

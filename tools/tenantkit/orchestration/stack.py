@@ -20,7 +20,7 @@ import yaml
 from ..act import build as builder
 from ..act import database, engine, migrations, proxy, state
 from ..act.engine import ContainerState, OperationFailed, tail
-from ..act.files import atomic_write, give_to_app_user, locked
+from ..act.files import atomic_write, give_to_app_user, locked, port_is_free
 from ..act.secrets import ensure_db_admin_secret, new_tenant_secrets, read_env_file, write_env_file
 from ..model import (TENANT_FILE, ConfigError, Project, ProxyMode, Tenant, check_name, load_tenants)
 from ..render import TEMPLATES
@@ -88,7 +88,6 @@ def write_settings(project: Project, tenant: Tenant) -> str:
 
 def next_port(project: Project, tenants: Iterable[Tenant]) -> int:
     """The lowest port from ports.first that no tenant claims and nothing listens on."""
-    from ..act.files import port_is_free
     taken = {t.port for t in tenants} | {project.database.publish_port, project.proxy.port}
     port = project.first_port
     while port in taken or not port_is_free(port):
@@ -109,7 +108,6 @@ class Rendered:
     proxy_context: builder.BuildContext | None
     proxy_image: str | None
     images: dict[str, str]  # the image each enabled tenant runs (a release, or the working tree's)
-    state: state.State
     configs: dict[str, str]  # the digest of each rendered tenant's container definition
 
     def is_current(self, tenant: Tenant, container: engine.Container | None, image_ids: dict[str, str]) -> bool:
@@ -216,7 +214,7 @@ def render(project: Project, names: Iterable[str] | None = None, tenants: list[T
             atomic_write(project.compose_file, dump_compose(render_stack(project, enabled, proxy_image)))
         _write_render_cache(project, {"project": project_digest, "stack": stack_key, "tenants": digests,
                                       "configs": configs})
-        return Rendered(enabled, context, image, proxy_context, proxy_image, images, current, configs)
+        return Rendered(enabled, context, image, proxy_context, proxy_image, images, configs)
 
 
 def _listing(folder: Path) -> set[str]:
