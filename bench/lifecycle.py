@@ -31,7 +31,7 @@ def load_data(root: Path, name: str, megabytes: int) -> None:
     cli(root, "manage", name, "--", "shell", "-c",
         "from notes.models import Note; "
         f"Note.objects.bulk_create([Note(text=('n%07d ' % i) * 20) for i in range({rows})], batch_size=5000)")
-    media = root / "tenants" / name / "www" / "content" / "bench"
+    media = root / "media" / name / "bench"
     media.mkdir(parents=True, exist_ok=True)
     for i in range(max(1, megabytes // 2 // 5)):
         (media / f"file{i}.bin").write_bytes(os.urandom(5 * 1024 * 1024))

@@ -36,7 +36,7 @@ def fingerprint(stack, name, database=None) -> dict:
         cur.execute("SELECT count(*) FROM notes_upload")
         uploads = cur.fetchone()[0]
     conn.close()
-    media = stack.root / "tenants" / name / "www" / "content"
+    media = stack.root / "media" / name
     files = {str(p.relative_to(media)): hashlib.sha256(p.read_bytes()).hexdigest()
              for p in sorted(media.rglob("*")) if p.is_file()}
     return {"notes": notes, "uploads": uploads, "files": files}
@@ -270,7 +270,7 @@ def test_import_keeps_a_classic_tenant_on_its_existing_database(stack, tmp_path)
     stack.post("alpha", "/notes/", {"text": "carried into the legacy database"})
     dump = tmp_path / "alpha.dump"
     database.dump_database(project, tenant_names("alpha"), dump)
-    database.restore_database(project, legacy, dump)  # the old site's data, as the legacy role
+    database.restore_database(project, legacy, dump, "legacy password 1")  # the old site's data, as its role
     folder = tmp_path / "example_app" / "shared" / "tenants" / "legacy"
     (folder / "www" / "content").mkdir(parents=True)
     (folder / "www" / "content" / "old.txt").write_text("legacy media\n")

@@ -56,7 +56,8 @@ def test_media_is_served_by_apache_from_the_right_tenants_folder(stack, alpha_fi
 def test_a_content_path_never_escapes_the_tenants_media_folder(stack, alpha_file):
     path, content = alpha_file
     name = path.removeprefix("/_content/")
-    for attempt in (f"/_content/../../alpha/www/content/{name}",
+    for attempt in (f"/_content/../alpha/{name}", f"/_content/%2e%2e/alpha/{name}",
+                    f"/_content/../../alpha/www/content/{name}",
                     f"/_content/%2e%2e/%2e%2e/alpha/www/content/{name}",
                     f"/_content/..%2f..%2falpha/www/content/{name}",
                     "/_content/../../alpha/secrets.env",

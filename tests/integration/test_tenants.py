@@ -48,9 +48,9 @@ def test_an_upload_to_one_tenant_is_not_visible_in_the_others_media(stack):
     assert stack.get("alpha", path).content == content
     assert stack.get("beta", path).status_code == 404
     name = path.removeprefix("/_content/")
-    on_disk = stack.root / "tenants" / "alpha" / "www" / "content" / name
+    on_disk = stack.root / "media" / "alpha" / name
     assert hashlib.sha256(on_disk.read_bytes()).digest() == hashlib.sha256(content).digest()
-    assert not (stack.root / "tenants" / "beta" / "www" / "content" / name).exists()
+    assert not (stack.root / "media" / "beta" / name).exists()
 
 
 def test_a_tenants_database_credentials_are_refused_by_another_tenants_database(stack):
@@ -104,7 +104,7 @@ def test_manage_runs_a_command_in_the_tenants_context(stack):
     assert "[X] 0001_initial" in run.out
     run = stack.ok("manage", "beta", "--", "shell", "-c",
                    "from django.conf import settings; print(settings.SITE_TITLE, settings.MEDIA_ROOT)")
-    assert "Beta & Sons /srv/tenants/beta/www/content" in run.out
+    assert "Beta & Sons /srv/media" in run.out
     assert stack.cli("manage", "alpha", "--", "nosuchcommand").code != 0
 
 

@@ -1,12 +1,21 @@
 """Vhosts: one per tenant proxying only to it, a catch-all first, nothing injectable."""
+import dataclasses
+import html
+import os
 import re
+import socket
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
 
 from tenantkit.model import ConfigError, Tenant, load_project
-from tenantkit.render.apache import (DEFAULT_SITE, apache_path, proxy_layout, render_proxy_vhost,
+from tenantkit.render.apache import (DEFAULT_SITE, apache_path, host_layout, proxy_layout, render_proxy_vhost,
                                      render_sites)
 from tests.conftest import write_project
+from tests.integration.host_apache import APACHE, HostApache
 
 IMAGE = "tktest/app:src-0123456789ab"
 
@@ -31,7 +40,7 @@ def test_each_vhost_proxies_to_its_own_container_only(project):
         assert backends == {f"http://tk-{t.name}:8000"}
         assert re.search(r'ProxyPass "/" "balancer://tk-%s/"' % t.name, sites[t.names.vhost])
         assert "hcmethod=GET hcuri=/healthz/ hcinterval=60" in sites[t.names.vhost]
-        assert f"/srv/tenants/{t.name}/www/content" in sites[t.names.vhost]
+        assert f'<Directory "/srv/media/{t.name}">' in sites[t.names.vhost]
         other = ({"acme", "zed"} - {t.name}).pop()
         assert other not in sites[t.names.vhost]
 
@@ -43,7 +52,8 @@ def test_a_vhost_names_hosts_media_assets_logs_and_forwarded_proto(project):
     assert "ServerAlias www.acme.example.com" in text
     assert "ProxyPreserveHost On" in text
     assert 'RequestHeader set X-Forwarded-Proto "expr=%{REQUEST_SCHEME}"' in text
-    assert 'Alias "/_content/" "/srv/tenants/acme/www/content/"' in text
+    assert 'Alias "/_content/" "/srv/media/acme/"' in text
+    assert "/srv/tenants" not in text  # the proxy sees media, never a tenant folder
     assert 'Alias "/_assets/" "/srv/assets/src-0123456789ab/"' in text
     assert 'ErrorLog "/var/log/tenantkit/acme.error.log"' in text
     assert 'CustomLog "/var/log/tenantkit/acme.access.log"' in text
@@ -65,10 +75,106 @@ def test_host_mode_proxies_to_published_loopback_ports(project_dir, tmp_path):
     text = render_sites(project, [tenant(project, "acme", 8101)], IMAGE)["acme.conf"]
     assert "<VirtualHost *:8088>" in text
     assert 'ProxyPass "/" "http://127.0.0.1:8101/"' in text
-    assert f'Alias "/_content/" "{project_dir}/tenants/acme/www/content/"' in text
+    assert f'Alias "/_content/" "{project_dir}/media/acme/"' in text
+    assert f"{project_dir}/tenants" not in text
 
 
 @pytest.mark.parametrize("path", ['/srv/a"b', "/srv/a b", "/srv/a\nInclude /etc", "relative", "/srv/../etc"])
 def test_paths_that_could_break_apache_text_are_refused(path):
     with pytest.raises(ConfigError, match="cannot be written into an Apache config"):
         apache_path(path)
+
+
+# A private Apache on the host (tests/integration/host_apache.py) proves that what we
+# render parses and behaves; `tools/setup-host-services` installs apache2.
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def host_apache(folder: Path, port: int, sites: dict[str, str]) -> HostApache:
+    """A private Apache config including `sites`, listening on `port`."""
+    assert Path(APACHE).is_file(), "no apache2 on this host; run tools/setup-host-services"
+    (folder / "sites").mkdir(parents=True)
+    for name, text in sites.items():
+        (folder / "sites" / name).write_text(text)
+    apache = HostApache(folder, port, f"{folder}/sites/*.conf")
+    apache.write()
+    return apache
+
+
+def get(port: int, host: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+HOSTILE_TITLES = ["%{file:/etc/passwd}", "100%{", "a$1b", 'x\\"y']
+
+
+def test_a_maintenance_title_reaches_the_page_as_text_never_as_an_apache_expression(project, tmp_path):
+    tenants = [tenant(project, f"t{i}", 8101 + i, maintenance=True, title=title)
+               for i, title in enumerate(HOSTILE_TITLES)]
+    port = free_port()
+    sites = render_sites(project, tenants, IMAGE, host_layout(project, port))
+    for t in tenants:
+        assert "%{" not in sites[t.names.vhost]
+        error_document = next(line for line in sites[t.names.vhost].splitlines() if "ErrorDocument" in line)
+        assert not set("%${}\\") & set(error_document.removeprefix("    ErrorDocument 503 ")), error_document
+    project.logs_dir.mkdir(parents=True)
+    apache = host_apache(tmp_path / "apache", port, sites)
+    apache.check()  # a title like 100%{ used to break the config test, and every reload after it
+    apache.start()
+    try:
+        for t in tenants:
+            code, _, body = get(apache.port, t.primary_host, "/")
+            assert code == 503
+            assert f"<h1>{t.title} is down for maintenance</h1>" in html.unescape(body.decode())
+            assert b"root:" not in body
+    finally:
+        apache.stop()
+
+
+ACTIVE = ("page.html", "PAGE.HTM", "doc.xhtml", "logo.svg", "logo.SVGZ", "feed.xml", "style.xsl", "app.js",
+          "mod.mjs", "movie.swf", "paper.pdf", "evil.html.zzz")
+
+
+def test_uploads_are_never_sniffed_and_always_sandboxed_and_active_types_are_downloaded(project):
+    for layout in (proxy_layout(project), host_layout(project, 8088)):
+        text = render_proxy_vhost(tenant(project, "acme", 8101), layout, IMAGE)
+        media = re.search(r'<Directory "[^"]+/acme">(.*?)</Directory>', text, re.S).group(1)
+        assert 'Header set X-Content-Type-Options "nosniff"' in media
+        assert 'Header set Content-Security-Policy "sandbox"' in media
+        assert 'Header set Content-Disposition "attachment"' in media
+
+
+def test_apache_serves_an_uploaded_page_as_a_sandboxed_download(project, tmp_path):
+    # Apache reads media as www-data, so the media folder lives outside pytest's private tmp_path.
+    with tempfile.TemporaryDirectory() as served:
+        os.chmod(served, 0o755)
+        port = free_port()
+        layout = dataclasses.replace(host_layout(project, port), media_root=served)
+        media = Path(served) / "acme"
+        media.mkdir(mode=0o755)
+        for name in (*ACTIVE, "note.txt", "photo.png"):
+            (media / name).write_text("<html><script>alert(document.cookie)</script></html>\n")
+            os.chmod(media / name, 0o644)
+        project.logs_dir.mkdir(parents=True)
+        sites = render_sites(project, [tenant(project, "acme", 8101)], IMAGE, layout)
+        apache = host_apache(tmp_path / "apache", port, sites)
+        apache.start()
+        try:
+            for name in (*ACTIVE, "note.txt", "photo.png"):
+                code, headers, _ = get(apache.port, "acme.localhost", f"/_content/{name}")
+                assert code == 200, name
+                assert headers.get("X-Content-Type-Options") == "nosniff", name
+                assert headers.get("Content-Security-Policy") == "sandbox", name
+                expected = None if name in ("note.txt", "photo.png") else "attachment"
+                assert headers.get("Content-Disposition") == expected, (name, headers.get("Content-Type"))
+        finally:
+            apache.stop()

@@ -21,8 +21,9 @@ def test_new_creates_the_tenant_folder_in_the_seed_layout(project_dir):
     assert run.code == 0, run.err
     folder = project_dir / "tenants" / "acme"
     assert (folder / "tenant.yaml").is_file() and (folder / "settings.py").is_file()
-    assert (folder / "www" / "content").is_dir()
+    assert (project_dir / "media" / "acme").is_dir()  # apart from the secrets: the proxy mounts media/
     assert stat.S_IMODE((folder / "secrets.env").stat().st_mode) == 0o600
+    assert (folder / "secrets.env").stat().st_uid == 10001  # the container's uid reads it, no one else
     secrets = (folder / "secrets.env").read_text()
     assert "TENANT_DB_PASSWORD=" in secrets and "TENANT_SECRET_KEY=" in secrets
     password = secrets.split("TENANT_DB_PASSWORD=")[1].split()[0]

@@ -128,3 +128,34 @@ def test_two_tenants_claiming_one_host_are_refused(project):
 def test_an_unknown_tenant_says_how_to_list_them(project):
     with pytest.raises(ConfigError, match="unknown tenant 'nobody'.*tenant list"):
         load_tenant(project, "nobody")
+
+
+def test_a_config_in_a_parent_folder_owned_by_another_user_is_refused(tmp_path):
+    import os
+
+    from tenantkit.model import find_root
+    planted = write_project(tmp_path / "shared")
+    inside = planted / "work" / "deeper"
+    inside.mkdir(parents=True)
+    assert find_root(inside) == planted.resolve()  # ours: used
+    os.chown(planted / "tenantkit.yaml", 4242, 4242)
+    with pytest.raises(ConfigError, match="belongs to another user"):
+        find_root(inside)
+    assert find_root(planted) == planted.resolve()  # named directly (the working folder): used
+
+
+def test_tenants_cannot_share_or_borrow_a_database_or_role(project):
+    from dataclasses import replace
+
+    from tenantkit.model import Tenant, check_database_identity, check_unique
+    acme = Tenant(name="acme", hosts=("acme.localhost",), title="A", port=8101, memory="256m", workers=1,
+                  threads=4, path=project.tenant_dir("acme"))
+    admin = replace(acme, name="evil", hosts=("evil.localhost",), port=8102, db_user="postgres")
+    with pytest.raises(ConfigError, match="server's own"):
+        check_database_identity(project, admin)
+    borrower = replace(acme, name="evil", hosts=("evil.localhost",), port=8102, database="evil", db_user="acme")
+    with pytest.raises(ConfigError, match="already tenant 'acme'"):
+        check_unique([acme, borrower], project)
+    reserved = replace(acme, name="evil", hosts=("evil.localhost",), port=8102, database="template1")
+    with pytest.raises(ConfigError, match="server's own"):
+        check_unique([acme, reserved], project)

@@ -14,9 +14,10 @@ def tenant(project, name, port, **extra):
 
 def render_compose(project, tenants, image, proxy_image=None):
     """The whole stack as one document: the stack file with its includes merged in, as Compose sees it."""
-    doc = render_stack(project, tenants, proxy_image)
-    for i, t in enumerate(tenants):
-        part = render_tenant_compose(project, t, image, f"10.213.0.{16 * i}/28")
+    subnets = {t.name: f"10.213.0.{16 * i}/28" for i, t in enumerate(tenants)}
+    doc = render_stack(project, tenants, proxy_image, subnets)
+    for t in tenants:
+        part = render_tenant_compose(project, t, image, subnets[t.name])
         doc["services"].update(part["services"])
         doc.setdefault("networks", {}).update(part["networks"])
     return doc
@@ -63,17 +64,41 @@ def test_the_settings_module_is_mounted_read_only_and_media_writable(project):
     folder, media = service["volumes"]
     assert folder == {"type": "bind", "source": "../../tenants/acme", "target": "/srv/tenants/acme",
                       "read_only": True}
-    assert media["target"] == "/srv/tenants/acme/www/content" and "read_only" not in media
+    assert media == {"type": "bind", "source": "../../media/acme", "target": "/srv/media"}
+    assert service["environment"]["TENANTKIT_MEDIA_ROOT"] == "/srv/media"
     assert service["environment"]["DJANGO_SETTINGS_MODULE"] == "tenants.acme.settings"
     assert service["environment"]["PYTHONPATH"] == "/srv:/srv/tenants/acme"
 
 
-def test_secrets_reach_containers_through_env_files_only(project):
+def test_secrets_reach_containers_through_the_mounted_file_only(project):
     doc = render_compose(project, [tenant(project, "acme", 8101)], "img")
-    assert doc["services"]["tenant-acme"]["env_file"] == ["../../tenants/acme/secrets.env"]
+    service = doc["services"]["tenant-acme"]
+    assert "env_file" not in service  # not in the environment, nor in `docker inspect`
+    assert not any("secret" in key.lower() or "password" in key.lower() for key in service["environment"])
     assert doc["services"]["db"]["env_file"] == ["../.tenantkit/db.env"]
     text = dump_compose(doc)
     assert "PASSWORD=" not in text and "SECRET_KEY" not in text
+
+
+def test_tenant_containers_are_locked_down(project):
+    service = render_compose(project, [tenant(project, "acme", 8101)], "img")["services"]["tenant-acme"]
+    assert service["cap_drop"] == ["ALL"]
+    assert service["security_opt"] == ["no-new-privileges:true"]
+    assert service["read_only"] is True and service["tmpfs"] == ["/tmp:size=64m,mode=1777"]
+    assert service["pids_limit"] > 0 and service["cpus"] == 1.0 and service["mem_limit"] == "256m"
+
+
+def test_the_proxy_sees_media_and_assets_but_no_tenant_folder(project):
+    doc = render_compose(project, [tenant(project, "acme", 8101)], "img", "proxy-img")
+    sources = {volume["source"] for volume in doc["services"]["proxy"]["volumes"]}
+    assert "../media" in sources and not any("tenants" in source for source in sources)
+
+
+def test_tenants_believe_x_forwarded_proto_from_the_proxy_address_only(project):
+    doc = render_compose(project, [tenant(project, "acme", 8101)], "img", "proxy-img")
+    assert doc["services"]["proxy"]["networks"] == {"tenant-acme": {"ipv4_address": "10.213.0.14"}}
+    command = doc["services"]["tenant-acme"]["command"]
+    assert command[command.index("--forwarded-allow-ips") + 1] == "10.213.0.14"
 
 
 def test_an_external_database_has_no_db_service(project_dir):
@@ -100,7 +125,8 @@ def test_settings_follow_the_seed_and_compile(project):
     assert "ALLOWED_HOSTS.append('tk-acme')" in text  # the proxy's health checks
     assert "TENANT_ROOT = os.path.dirname(os.path.abspath(__file__))" in text
     assert '"NAME": \'acme\'' in text and '"USER": \'acme\'' in text
-    assert 'MEDIA_ROOT = os.path.join(TENANT_ROOT, "www", "content")' in text
+    assert 'MEDIA_ROOT = os.environ.get("TENANTKIT_MEDIA_ROOT") or os.path.join(TENANT_ROOT, "www", "content")' in text
+    assert "DEBUG = False" in text and "SECURE_PROXY_SSL_HEADER = None" in text
     assert "SITE_TITLE = 'Acme'" in text
     assert "INSTALLED_APPS" not in text
 

@@ -25,6 +25,8 @@ CONFIG_FILE = "tenantkit.yaml"
 LOCAL_CONFIG_FILE = "tenantkit.local.yaml"  # machine-specific overrides, not committed
 TENANT_FILE = "tenant.yaml"
 SECRETS_FILE = "secrets.env"
+OWNER_LABEL = "tenantkit.root"  # on the compose db volume: the checkout whose data it holds
+MEDIA_DIR = "media"  # the project's folder of tenants' media: media/NAME
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 NAME_MAX = 40
@@ -153,6 +155,7 @@ class TenantDefaults:
     memory: str = "256m"
     workers: int = 1
     threads: int = 4
+    cpus: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,12 @@ class Project:
     @property
     def tenants_dir(self) -> Path:
         return self.root / "tenants"
+
+    @property
+    def media_root(self) -> Path:
+        """Every tenant's media (uploads), one folder each: media/NAME. Kept apart from the
+        tenant folders, which hold secrets, so the proxy mounts media and nothing else."""
+        return self.root / MEDIA_DIR
 
     @property
     def compose_file(self) -> Path:
@@ -253,6 +262,9 @@ class Tenant:
     release: str | None = None  # a pinned release: `tenant deploy` skips it unless named
     database: str | None = None  # an existing database's name (imported tenants)
     db_user: str | None = None
+    cpus: float = 1.0  # the container's CPU limit
+    debug: bool = False  # Django's DEBUG: never on for a tenant unless asked (or in dev mode)
+    removing: str | None = None  # `tenant rm` under way: the archive it made; only `rm` continues
     path: Path = field(default=Path("."), compare=False)
 
     @property
@@ -265,7 +277,9 @@ class Tenant:
 
     @property
     def media_dir(self) -> Path:
-        return self.path / "www" / "content"
+        """media/NAME under the project root (tenants/NAME's grandparent), also while the
+        tenant folder is being staged under another name."""
+        return self.path.parent.parent / MEDIA_DIR / self.name
 
     @property
     def secrets_file(self) -> Path:
@@ -284,12 +298,15 @@ class Tenant:
             "memory": self.memory,
             "workers": self.workers,
             "threads": self.threads,
+            "cpus": self.cpus,
             "apps": list(self.apps),
             "maintenance": self.maintenance,
             "enabled": self.enabled,
             **({"release": self.release} if self.release else {}),
             **({"database": {"name": self.names.database, "user": self.names.role}}
                if self.database or self.db_user else {}),
+            **({"debug": True} if self.debug else {}),
+            **({"removing": self.removing} if self.removing else {}),
         }
 
 
@@ -323,6 +340,10 @@ def check_host(value: Any) -> str:
     if not all(HOST_LABEL_RE.fullmatch(label) for label in host.split(".")):
         raise ValueError(
             f"{value!r} is not a valid host name: use letters, digits, '-' and '.', such as acme.example.com")
+    if host.rsplit(".", 1)[-1].isdigit() or host.startswith("0x"):
+        # An address (127.0.0.1, or a quirk such as 0x7f.0.0.1) answers for every tenant's
+        # server, so a vhost named by it would catch requests meant for the catch-all.
+        raise ValueError(f"{value!r} is an IP address, not a host name; use a name such as acme.example.com")
     return host
 
 
@@ -349,6 +370,13 @@ def check_count(value: Any, low: int = 1, high: int = 64) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValueError(f"{value!r} is not a whole number from {low} to {high}")
     return value
+
+
+def check_cpus(value: Any) -> float:
+    """A container CPU limit such as 0.5 or 2."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.05 <= value <= 256:
+        raise ValueError(f"{value!r} is not a number of CPUs from 0.05 to 256, such as 0.5 or 2")
+    return float(value)
 
 
 def check_title(value: Any) -> str:
@@ -502,6 +530,12 @@ def find_root(start: Path | None = None) -> Path:
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / CONFIG_FILE).is_file():
+            owner = (folder / CONFIG_FILE).stat().st_uid
+            if folder != here and owner != os.geteuid():
+                # Like git's safe.directory: a config planted above someone's working folder
+                # (in /tmp, say) must not run as them, let alone as root.
+                raise ConfigError(f"{folder / CONFIG_FILE} belongs to another user (uid {owner}), so it is not "
+                                  f"used; pass --project {folder} if you trust it")
             return folder
     raise ConfigError(
         f"no {CONFIG_FILE} in {here} or above; run tenant from a tenantkit project or pass --project DIR")
@@ -583,11 +617,15 @@ def load_project(root: Path) -> Project:
         raise net.error("prefix", f"/{networks.prefix} is not smaller than the pool {networks.pool}; "
                                   "use a longer prefix such as 28")
 
+    if database.service and proxy.mode is ProxyMode.COMPOSE and proxy.port == database.publish_port:
+        raise px.error("port", f"{proxy.port} is also database.publish_port; give the proxy a port of its own")
+
     dflt = top.section("tenant_defaults")
     defaults = TenantDefaults(
         memory=dflt.get("memory", check_memory, TenantDefaults.memory),
         workers=dflt.get("workers", check_count, TenantDefaults.workers),
         threads=dflt.get("threads", check_count, TenantDefaults.threads),
+        cpus=dflt.get("cpus", check_cpus, TenantDefaults.cpus),
     )
     dflt.done()
     top.done()
@@ -681,6 +719,9 @@ def tenant_from_mapping(project: Project, name: str, data: dict, lines: dict[str
         maintenance=f.get("maintenance", _bool, False),
         enabled=f.get("enabled", _bool, True),
         release=f.get("release", check_release, None),
+        cpus=f.get("cpus", check_cpus, project.defaults.cpus),
+        debug=f.get("debug", _bool, False),
+        removing=f.get("removing", check_text, None),
         path=folder,
     )
     db = f.section("database")
@@ -732,7 +773,7 @@ def tenant_folder_names(project: Project) -> list[str]:
 
 
 TENANT_FIELDS = ("name", "hosts", "title", "port", "memory", "workers", "threads", "apps", "maintenance",
-                 "enabled", "release", "database", "db_user")
+                 "enabled", "release", "database", "db_user", "cpus", "debug", "removing")
 
 
 def _tenant_record(tenant: Tenant) -> dict:
@@ -770,7 +811,7 @@ def load_tenants(project: Project) -> list[Tenant]:
             tenant = load_tenant(project, name)
         fresh[name] = {"stamp": stamp, "tenant": _tenant_record(tenant)}
         tenants.append(tenant)
-    check_unique(tenants)
+    check_unique(tenants, project)
     if fresh != entries:
         _write_cache(cache_path, {"key": key, "tenants": fresh})
     return tenants
@@ -787,11 +828,61 @@ def _write_cache(path: Path, data: dict) -> None:
         pass
 
 
-def check_unique(tenants: list[Tenant]) -> None:
-    """Refuse two tenants that share a host or a published port."""
+# PostgreSQL's own databases and roles, and role names it refuses: no tenant may use one.
+RESERVED_DB_NAMES = frozenset({"postgres", "template0", "template1", "public", "none", "current_user",
+                               "session_user", "current_role", "all"})
+
+
+def check_database_identity(project: Project | None, tenant: Tenant, others: Iterable[Tenant] = ()) -> None:
+    """Refuse a tenant whose database or role is the server's admin, one of PostgreSQL's own,
+    or another tenant's: tenantkit changes that role's password and privileges."""
+    names = tenant.names
+    where = f"tenant {tenant.name!r}: database {{kind}} {{value!r}}"
+    for kind, value in (("name", names.database), ("user", names.role)):
+        lowered = value.lower()
+        admin = project.database.admin_user.lower() if project is not None else None
+        if lowered == admin or lowered in RESERVED_DB_NAMES or lowered.startswith("pg_"):
+            raise ConfigError(where.format(kind=kind, value=value) + " is the server's own (admin or reserved); "
+                              "a tenant needs a database and role of its own: remove `database:` from its "
+                              "tenant.yaml, or name ones no one else uses")
+    for other in others:
+        if other.name == tenant.name:
+            continue
+        theirs = other.names
+        for kind, value, taken in (("name", names.database, theirs.database), ("user", names.role, theirs.role)):
+            if value == taken:
+                raise ConfigError(where.format(kind=kind, value=value) + f" is already tenant {other.name!r}'s; "
+                                  "every tenant needs a database and role of its own")
+
+
+def reserved_ports(project: Project) -> dict[int, str]:
+    """Ports tenantkit publishes for itself on 127.0.0.1: no tenant may take one."""
+    ports = {project.proxy.port: "the proxy's"} if project.proxy.mode is ProxyMode.COMPOSE else {}
+    if project.database.service:
+        ports[project.database.publish_port] = "the database's"
+    return ports
+
+
+def check_unique(tenants: list[Tenant], project: Project | None = None) -> None:
+    """Refuse two tenants that share a host, a published port, a database or a role (and,
+    given the project, a tenant on one of the project's own ports, or whose database or
+    role is the server's own)."""
     hosts: dict[str, str] = {}
     ports: dict[int, str] = {}
+    reserved = reserved_ports(project) if project is not None else {}
+    databases: dict[str, Tenant] = {}
+    roles: dict[str, Tenant] = {}
     for tenant in tenants:
+        if tenant.port in reserved:
+            raise ConfigError(f"tenant {tenant.name!r}: port {tenant.port} is {reserved[tenant.port]} (tenantkit.yaml); "
+                              f"change `port` in tenants/{tenant.name}/tenant.yaml")
+        names = tenant.names
+        clash = databases.get(names.database) or roles.get(names.role)
+        if clash is not None:
+            check_database_identity(None, tenant, [clash])
+        databases[names.database] = roles[names.role] = tenant
+        if project is not None and (tenant.database or tenant.db_user):
+            check_database_identity(project, tenant)
         for host in tenant.hosts:
             if host in hosts and hosts[host] != tenant.name:
                 raise ConfigError(

@@ -3,13 +3,19 @@
 The build context is assembled here as a deterministic tar (fixed mtimes, sorted
 entries), so its digest names the code exactly: an image whose label carries the same
 digest is up to date, and its tag `<app>:src-<digest>` is stable across machines.
+
+Every tenant's container can read the whole image, so the project's source goes in as
+`docker build` would send it (its .dockerignore honoured, symlinks never followed) and
+never with tenantkit's own files, even when the source is the project root.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import re
 import shutil
+import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +23,9 @@ from typing import Callable, Iterator
 
 import docker
 import docker.errors
+from docker.utils.build import PatternMatcher
 
-from ..model import ConfigError, Project
+from ..model import LOCAL_CONFIG_FILE, ConfigError, Project, display_path
 from .engine import OperationFailed, tail
 
 SKIP_DIRS = frozenset({
@@ -39,20 +46,45 @@ class BuildContext:
         return self.digest[:12]
 
 
-def _walk(folder: Path) -> Iterator[Path]:
-    for path in sorted(folder.iterdir()):
-        if path.is_dir() and not path.is_symlink():
-            if path.name not in SKIP_DIRS and path.relative_to(folder).as_posix() != "www/content":
-                yield from _walk(path)
-        elif path.is_file() and not path.name.endswith(SKIP_SUFFIXES):
-            yield path
+def _own_paths(project: Project) -> list[Path]:
+    """tenantkit's files, which may sit inside the source: secrets, media, dumps, state."""
+    paths = [project.tenants_dir, project.media_root, project.backups_dir, project.state_dir,
+             project.compose_file.parent, project.database.admin_password_file, project.wheelhouse]
+    return [path for path in paths if path is not None]
 
 
-def _source_files(source: Path) -> Iterator[tuple[str, Path]]:
-    for path in _walk(source):
-        relative = path.relative_to(source).as_posix()
-        if not relative.startswith("www/content/"):  # a project's own dev media
-            yield f"source/{relative}", path
+def _ignore_patterns(project: Project) -> list[str]:
+    """The source's .dockerignore, then what never ships: caches, a project's own dev media
+    (www/content) and tenantkit's files. Those come last, so no `!` line brings them back."""
+    patterns = []
+    ignore_file = project.source / ".dockerignore"
+    if ignore_file.is_file():  # read as docker-py reads it: no blank lines, no comments
+        lines = (line.strip() for line in ignore_file.read_text().splitlines())
+        patterns = [line for line in lines if line and not line.startswith("#")]
+    patterns += [f"**/{name}" for name in sorted(SKIP_DIRS)] + [f"**/*{suffix}" for suffix in SKIP_SUFFIXES]
+    patterns += ["www/content", f"**/{LOCAL_CONFIG_FILE}"]
+    for path in _own_paths(project):
+        relative = os.path.relpath(path, project.source)
+        if relative != ".." and not relative.startswith("../"):
+            # A literal path: each glob character in a class of its own ([*] matches *).
+            patterns.append(re.sub(r"[*?[]", lambda match: f"[{match.group()}]", relative))
+    return patterns
+
+
+def source_files(project: Project) -> Iterator[tuple[str, Path]]:
+    """(path relative to the source, file) for each file of the project's code that may ship."""
+    # docker-py's matcher is the one `docker build` uses: Docker's syntax (**, ! exceptions),
+    # and it skips an ignored folder without reading it (tenants/, media/ can be large).
+    for relative in sorted(PatternMatcher(_ignore_patterns(project)).walk(str(project.source))):
+        path = project.source / relative
+        mode = path.lstat().st_mode
+        if not stat.S_ISREG(mode):
+            continue  # folders come with their files; symlinks and devices never go in
+        if not mode & stat.S_IROTH:
+            raise ConfigError(f"{display_path(path)} is not world-readable, and in the image every tenant "
+                              f"could read it; add {relative} to {display_path(project.source / '.dockerignore')}"
+                              " (or chmod o+r it if it should ship)")
+        yield relative, path
 
 
 def image_root(project: Project) -> Path:
@@ -76,7 +108,7 @@ def context_files(project: Project) -> list[tuple[str, Path]]:
             raise ConfigError(f"wheelhouse {project.wheelhouse} does not exist; run `make wheels` "
                               "or remove `wheelhouse` from tenantkit.yaml")
         files += [(f"wheelhouse/{p.name}", p) for p in sorted(project.wheelhouse.glob("*.whl"))]
-    files += list(_source_files(project.source))
+    files += [(f"source/{relative}", path) for relative, path in source_files(project)]
     return files
 
 
@@ -93,7 +125,8 @@ def make_context(files: list[tuple[str, Path]], extra: str) -> BuildContext:
             data = path.read_bytes()
             info = tarfile.TarInfo(name)
             info.size, info.mtime = len(data), 0
-            info.mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
+            # The file's own read and execute bits; never writable by others, never setuid.
+            info.mode = stat.S_IMODE(path.stat().st_mode) & 0o755
             tar.addfile(info, io.BytesIO(data))
     data = buffer.getvalue()
     digest = hashlib.sha256(data)

@@ -11,7 +11,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from ..model import ConfigError, Project, Tenant
+from ..model import OWNER_LABEL, ConfigError, Project, Tenant
 
 ENGINE_HINT = ("start one with `make engine` (installs and starts Docker on Debian/Ubuntu as root), "
                "or `sudo systemctl start docker`")
@@ -119,6 +119,25 @@ def container(client: docker.DockerClient, project: Project, service: str) -> Co
     return containers(client, project, service).get(service)
 
 
+WORKDIR_LABEL = "com.docker.compose.project.working_dir"
+
+
+def check_owner(client: docker.DockerClient, project: Project, db: Container | None) -> None:
+    """Refuse (exit 2) to use an engine project that another checkout with the same project
+    name owns: its database volume, or its database container, says where it lives."""
+    owner = None
+    try:
+        labels = client.api.inspect_volume(f"{project.name}_db-data").get("Labels") or {}
+        owner = labels.get(OWNER_LABEL)
+    except docker.errors.NotFound:
+        pass
+    if owner is None and db is not None and db.labels.get(WORKDIR_LABEL):
+        owner = str(Path(db.labels[WORKDIR_LABEL]).parent)
+    if owner is not None and Path(owner) != project.root:
+        raise ConfigError(f"the engine's project {project.name!r} (database and tenants) belongs to the checkout "
+                          f"in {owner}; give this one a `name:` of its own in tenantkit.yaml")
+
+
 def state_of(found: Container | None) -> ContainerState:
     return found.state if found is not None else ContainerState.ABSENT
 
@@ -144,8 +163,9 @@ def network_members(client: docker.DockerClient, name: str) -> set[str] | None:
 
 
 def attach_to_networks(client: docker.DockerClient, project: Project, service: str,
-                       networks: list[str]) -> list[str]:
-    """Connect a running service's container to engine networks it is not on yet.
+                       networks: list[str] | dict[str, str]) -> list[str]:
+    """Connect a running service's container to engine networks it is not on yet (a dict
+    gives its fixed address on each).
 
     Compose recreates a container whose network list changed; for the shared database
     that would cut every tenant off, so tenantkit attaches it to a new tenant's network
@@ -154,11 +174,13 @@ def attach_to_networks(client: docker.DockerClient, project: Project, service: s
     found = container(client, project, service)
     if found is None:
         return []
+    addresses = networks if isinstance(networks, dict) else {}
     attached = []
     for network in networks:
         members = network_members(client, network)
         if members is not None and found.id not in members:
-            client.api.connect_container_to_network(found.id, network, aliases=[service])
+            client.api.connect_container_to_network(found.id, network, aliases=[service],
+                                                    ipv4_address=addresses.get(network))
             attached.append(network)
     return attached
 

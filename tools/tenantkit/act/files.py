@@ -49,14 +49,37 @@ def give_to_app_user(path: Path) -> None:
         os.chmod(path, 0o777)
 
 
+def give_secret_to_app_user(path: Path) -> None:
+    """A secrets file the tenant's container reads (as APP_UID) and no one else: 0600."""
+    os.chmod(path, 0o600)
+    try:
+        if path.stat().st_uid != APP_UID:
+            os.chown(path, APP_UID, APP_UID)
+    except PermissionError:
+        pass  # not root: the containers' uid cannot read it, which `up` reports
+
+
 def give_tree_to_app_user(path: Path) -> None:
-    """give_to_app_user for a media folder and everything in it (restored or imported files)."""
+    """give_to_app_user for a media folder and everything in it (restored or imported
+    files): the container's uid owns them, and the proxy may read them (they are public)."""
     give_to_app_user(path)
     for item in path.rglob("*"):
+        if item.is_symlink():
+            continue
         try:
             os.chown(item, APP_UID, APP_UID, follow_symlinks=False)
         except PermissionError:
             pass
+        os.chmod(item, 0o755 if item.is_dir() else 0o644)
+
+
+def readable_tree(path: Path) -> None:
+    """Files of a tenant folder readable by its container (0644, folders 0755), its
+    secrets.env excepted; for files that arrived private (unpacked from an archive)."""
+    for item in [path, *path.rglob("*")]:
+        if item.is_symlink() or item.name == "secrets.env":
+            continue
+        os.chmod(item, 0o755 if item.is_dir() else 0o644)
 
 
 _LOCKS: dict[str, filelock.FileLock] = {}

@@ -66,9 +66,10 @@ def reload_host(project: Project) -> None:
         raise OperationFailed(f"`{' '.join(command)}` failed:\n{tail(result.stdout + result.stderr)}")
 
 
-def sync(client: docker.DockerClient | None, project: Project, networks: list[str],
+def sync(client: docker.DockerClient | None, project: Project, networks: dict[str, str],
          report=lambda message: None, force: bool = False) -> None:
-    """Start the proxy, or attach it to the named tenant networks and reload it when needed.
+    """Start the proxy, or attach it to tenant networks (name: its address there) and
+    reload it when needed.
 
     It reloads when its sites changed since it last loaded them, when it joined a network,
     or when `force` says a tenant container was recreated (Apache caches backend addresses).

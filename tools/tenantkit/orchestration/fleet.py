@@ -1,11 +1,13 @@
 """Work across many tenants: migrations and management commands, in a bounded pool.
 
-Each tenant's output is kept in .tenantkit/runs/<time>-<verb>/<tenant>.log; one tenant's
-failure neither stops nor touches the others, and the result names every failure.
+Each tenant's output is kept in .tenantkit/runs/<time>-<verb>/<tenant>.log, readable by
+the owner only (it can hold secrets: `manage --all -- diffsettings`); one tenant's failure
+neither stops nor touches the others, and the result names every failure.
 """
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -77,8 +79,11 @@ def run_each(tenants: list[Tenant], work: Callable[[Tenant], None], jobs: int) -
 
 
 def run_dir(project: Project, verb: str) -> Path:
-    folder = project.state_dir / "runs" / f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}-{verb}"
-    folder.mkdir(parents=True, exist_ok=True)
+    """A new folder for one run's logs, private to the owner (as is runs/ above it)."""
+    runs = project.state_dir / "runs"
+    folder = runs / f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}-{verb}"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(runs, 0o700)  # mkdir gives parents the default mode, and runs/ may predate this rule
     return folder
 
 
@@ -92,7 +97,11 @@ def across(tenants: list[Tenant], work: Callable[[Tenant], Outcome], jobs: int, 
         if outcome is None:
             outcome = Outcome(tenant.name, "failed", 0.0, f"{type(error).__name__}: {error}", 1)
         if folder is not None:
-            (folder / f"{tenant.name}.log").write_text(outcome.output)
+            # Created 0600 (a fresh file in a fresh folder); no fsync, a log is not state.
+            fd = os.open(folder / f"{tenant.name}.log",
+                         os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as log:
+                log.write(outcome.output)
         report(f"[{count[0]}/{len(tenants)}] {tenant.name}: {outcome.result} ({outcome.seconds:.2f}s)")
 
     results = bounded(tenants, work, jobs, keep_going, done)

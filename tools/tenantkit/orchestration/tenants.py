@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import secrets as _secrets
 import shutil
 import subprocess
@@ -15,12 +16,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
-from ..act import database, engine, health, migrations
+from ..act import database, engine, health, migrations, state
 from ..act.engine import ContainerState, OperationFailed
 from ..act.files import atomic_write, locked
 from ..model import (ConfigError, Project, ProxyMode, Tenant, check_count, check_host, check_hosts_free,
                      check_memory, check_module, check_name, check_port, check_release, check_title,
-                     display_path, load_tenants)
+                     display_path, load_tenants, reserved_ports)
 from ..render.apache import host_layout, render_sites
 from . import stack
 from .stack import Report, checked, quiet, select
@@ -61,6 +62,8 @@ def new(project: Project, name: str, hosts: Iterable[str] = (), title: str | Non
         finally:
             if staging.exists():
                 shutil.rmtree(staging)
+        with state.update(project) as current:  # what an earlier tenant of that name left
+            current.tenants.pop(name, None)
         stack.render(project, [name])
         return tenant
 
@@ -89,7 +92,10 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
        report: Report = quiet) -> list[Tenant]:
     """Build if needed, provision databases, migrate, start and wait until healthy."""
     names = list(names)
-    select(load_tenants(project), names, all_)  # bad names fail before anything else
+    for tenant in select(load_tenants(project), names, all_):  # bad names fail before anything else
+        if tenant.removing and names:
+            raise ConfigError(f"tenant {tenant.name!r} is being removed (archived to {tenant.removing}); "
+                              f"finish with `tenant rm {tenant.name}`, or restore that archive")
     client = engine.connect()
     with locked(project):
         tenants = load_tenants(project)
@@ -121,12 +127,39 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
             report(f"starting {', '.join(t.name for t in stale)}")
             stack.compose_services(project, stale, "up", "-d", "--no-deps")
         health.wait_healthy(client, project, chosen, report)
+        _deploy_checks(project, [t for t in stale if t in chosen], rendered, report)
         # A recreated container has a new address, which Apache only learns on a reload.
         stack.reload_proxy(client, project, chosen, report, force=bool(stale))
         health.wait_routed(project, chosen)
     if failures:  # the others are up; the command still fails, naming each failure
         raise OperationFailed("\n".join(str(error) for error in failures.values()))
     return chosen
+
+
+CHECK_DEPLOY = ["python", "manage.py", "check", "--deploy", "--fail-level", "CRITICAL"]
+
+
+def _deploy_checks(project: Project, tenants: list[Tenant], rendered: stack.Rendered, report: Report) -> None:
+    """Django's `check --deploy` in each started tenant; its warnings shown on one line per
+    tenant. Kept by container definition, so an unchanged tenant is not checked again."""
+    from .fleet import run_each
+
+    folder = project.cache_dir / "deploy-checks"
+
+    def one(tenant: Tenant) -> None:
+        cached = folder / f"{rendered.configs.get(tenant.name, tenant.name)}.txt"
+        if cached.is_file():
+            found = cached.read_text().split()
+        else:
+            code, output = migrations.in_tenant(project, tenant, CHECK_DEPLOY, True)
+            found = sorted(set(re.findall(r"\(([a-z_]+\.[WE]\d+)\)", output)))
+            if code == 0:
+                atomic_write(cached, " ".join(found))
+        if found:
+            report(f"{tenant.name}: `manage.py check --deploy` warns: {', '.join(found)} "
+                   f"(see `tenant manage {tenant.name} -- check --deploy`)")
+
+    run_each(tenants, one, stack.MIGRATE_JOBS)
 
 
 def down(project: Project, names: Iterable[str] = (), all_: bool = False,
@@ -201,9 +234,9 @@ def set_values(project: Project, name: str, assignments: Iterable[str]) -> Tenan
 
 
 def _check_port_free(project: Project, tenants: list[Tenant], tenant: Tenant) -> None:
-    reserved = {project.database.publish_port: "the database", project.proxy.port: "the proxy"}
+    reserved = reserved_ports(project)
     if tenant.port in reserved:
-        raise ConfigError(f"port {tenant.port} is {reserved[tenant.port]}'s; choose another port")
+        raise ConfigError(f"port {tenant.port} is {reserved[tenant.port]}; choose another port")
     for other in tenants:
         if other.name != tenant.name and other.port == tenant.port:
             raise ConfigError(f"port {tenant.port} is already used by tenant {other.name!r}")

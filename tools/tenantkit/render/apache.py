@@ -14,6 +14,9 @@ from . import environment
 
 DEFAULT_SITE = "000-default.conf"  # sorts before every tenant name (they start with a letter)
 SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+@=,-]*")
+# Apache evaluates an ErrorDocument string as an expression (%{file:...}, $1, \ escapes):
+# these characters reach it only as HTML character references.
+APACHE_EXPR_CHARS = str.maketrans({char: f"&#{ord(char)};" for char in "%${}\\"})
 
 
 def apache_path(path: str) -> str:
@@ -36,7 +39,7 @@ class ProxyLayout:
 
     listen_port: int
     log_dir: str
-    tenants_dir: str
+    media_root: str  # every tenant's media folder, NAME below it; the proxy sees no tenant folder
     assets_dir: str
     in_compose: bool
     health_path: str = "/"
@@ -51,7 +54,7 @@ class ProxyLayout:
 def proxy_layout(project: Project) -> ProxyLayout:
     """The layout of the project's proxy mode (compose service or host Apache)."""
     if project.proxy.mode is ProxyMode.COMPOSE:
-        return ProxyLayout(80, "/var/log/tenantkit", "/srv/tenants", "/srv/assets", True,
+        return ProxyLayout(80, "/var/log/tenantkit", "/srv/media", "/srv/assets", True,
                            apache_uri(project.health_path), project.proxy.health_interval)
     return host_layout(project, project.proxy.port)
 
@@ -68,16 +71,21 @@ def render_proxy_vhost(tenant: Tenant, layout: ProxyLayout, image: str, backend:
         listen_port=layout.listen_port,
         log_dir=layout.log_dir,
         log_format="combined",
-        media_dir=f"{layout.tenants_dir}/{tenant.name}/www/content",
+        media_dir=f"{layout.media_root}/{tenant.name}",
         assets_dir=apache_path(f"{layout.assets_dir}/{release_of(image)}"),
         backend=backend or layout.backend(tenant),
         balancer=tenant.names.backend_host,
         health_path=layout.health_path,
         # A deploy's "next" container is checked by the deploy itself, for the seconds it serves.
         health_interval=0 if backend else layout.health_interval,
-        # HTML-escaped, so no quote or backslash reaches the quoted ErrorDocument string.
-        title_html=html.escape(tenant.title, quote=True).replace("\\", "&#92;"),
+        title_html=maintenance_title(tenant.title),
     )
+
+
+def maintenance_title(title: str) -> str:
+    """The title as HTML that Apache keeps as it is: no quote ends the ErrorDocument string,
+    and no expression or backreference syntax survives to be evaluated."""
+    return html.escape(title, quote=True).translate(APACHE_EXPR_CHARS)
 
 
 def render_default_vhost(layout: ProxyLayout) -> str:
@@ -87,7 +95,7 @@ def render_default_vhost(layout: ProxyLayout) -> str:
 
 def host_layout(project: Project, listen_port: int) -> ProxyLayout:
     """The host's own Apache proxying to the tenants' published loopback ports."""
-    return ProxyLayout(listen_port, apache_path(str(project.logs_dir)), apache_path(str(project.tenants_dir)),
+    return ProxyLayout(listen_port, apache_path(str(project.logs_dir)), apache_path(str(project.media_root)),
                        apache_path(str(project.assets_dir)), False)
 
 

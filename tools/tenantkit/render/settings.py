@@ -13,5 +13,6 @@ def render_settings(project: Project, tenant: Tenant, site_url: str,
         db_host=db_host or project.database.host,
         db_port=str(db_port or project.database.port),
         site_url=site_url,
+        debug=tenant.debug or project.dev,
         backend_host=tenant.names.backend_host if project.proxy.mode is ProxyMode.COMPOSE else "",
     )
