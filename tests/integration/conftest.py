@@ -100,6 +100,20 @@ class Stack:
         return int(re.search(r"publish_port: (\d+)", text).group(1))
 
 
+def demo_copy_project(prefix: str) -> tuple[Path, dict[str, int]]:
+    """A project of its own whose source is a copy of the demo (so a test can change the
+    code and build releases of it), on free ports; returns its root and its db/proxy ports."""
+    from tests.conftest import REPO
+    root = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    os.chmod(root, 0o755)
+    shutil.copytree(REPO / "image" / "demo", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    ports = {"db": free_port(), "proxy": free_port()}
+    write_project(root, name=f"{prefix}{os.getpid()}", database__publish_port=ports["db"], ports__first=free_port(),
+                  proxy__port=ports["proxy"], project__source=str(root / "src"),
+                  project__requirements=str(root / "src" / "requirements.txt"))
+    return root, ports
+
+
 @pytest.fixture(scope="session")
 def stack_root():
     # Not under pytest's private tmp folder: the host's Apache (www-data) must reach media.

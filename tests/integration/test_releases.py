@@ -4,10 +4,8 @@ Runs on a project of its own whose source is a copy of the demo, so releases can
 code: release 2 adds a migration and changes the page, release 3's migration fails.
 """
 import json
-import os
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -17,8 +15,8 @@ import psycopg2
 import pytest
 import requests
 
-from tests.conftest import REPO, tenant_cli, write_project
-from tests.integration.conftest import free_port
+from tests.conftest import tenant_cli
+from tests.integration.conftest import demo_copy_project
 
 TAG_MODEL = '''
 
@@ -92,13 +90,7 @@ class Releases:
 
 @pytest.fixture(scope="module")
 def rel():
-    root = Path(tempfile.mkdtemp(prefix="tkrel-"))
-    os.chmod(root, 0o755)
-    shutil.copytree(REPO / "image" / "demo", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    ports = {"db": free_port(), "proxy": free_port()}
-    write_project(root, name=f"tkrel{os.getpid()}", database__publish_port=ports["db"], ports__first=free_port(),
-                  proxy__port=ports["proxy"], project__source=str(root / "src"),
-                  project__requirements=str(root / "src" / "requirements.txt"))
+    root, ports = demo_copy_project("tkrel")
     (root / "ports.json").write_text(json.dumps(ports))
     (root / "proxy-port").write_text(str(ports["proxy"]))
     r = Releases(root)

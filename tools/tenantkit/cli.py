@@ -238,7 +238,9 @@ def maintenance(ctx, name, switch):
 @click.option("--release", "version", help="wsgi: version of the release to build and make current.")
 @click.option("--python", default="/usr/bin/python3", show_default=True,
               help="wsgi: the Python mod_wsgi was built for; the release's virtualenv uses it.")
-@click.option("--user", default="www-data", show_default=True, help="wsgi: user of the daemon processes.")
+@click.option("--user", default="www-data", show_default=True,
+              help="wsgi: the user Apache runs as (reads media and static files); each tenant's daemon "
+                   "processes run as a user of their own, tk-NAME.")
 @click.pass_context
 def apache(ctx, mode, port, out, root, version, python, user):
     """Write Apache vhosts for every tenant, for the host's own Apache."""
@@ -308,11 +310,17 @@ def rm(ctx, name, yes, keep_data):
 @click.argument("archive", type=click.Path(path_type=Path))
 @click.option("--as", "as_name", metavar="NEW", help="Restore under a new name (with new credentials).")
 @click.option("--host", "hosts", multiple=True, metavar="HOST", help="Host(s) of the restored tenant.")
+@click.option("--trust-code", is_flag=True,
+              help="Also restore the archive's code (local_settings.py, the tenant's own apps), which runs as "
+                   "the tenant: only for archives you made yourself.")
 @click.pass_context
-def restore(ctx, archive, as_name, hosts):
-    """Bring a tenant back from an archive made by `tenant backup` or `tenant rm`."""
+def restore(ctx, archive, as_name, hosts, trust_code):
+    """Bring a tenant back from an archive made by `tenant backup` or `tenant rm`.
+
+    Archives are checked whole (manifest, checksums, no extra or unsafe member) before
+    anything is restored; the database loads as the tenant's own role."""
     project = _project(ctx)
-    tenant = orch.restore(project, archive, as_name, hosts, report)
+    tenant = orch.restore(project, archive, as_name, hosts, report, trust_code=trust_code)
     click.echo(f"{tenant.name}\t{project.tenant_url(tenant)}")
 
 

@@ -6,9 +6,10 @@ import psycopg2.extensions
 from psycopg2 import sql
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
+import hashlib
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..model import ConfigError, Project, TenantNames
 from .engine import OperationFailed, compose_command, tail
@@ -51,28 +52,124 @@ def harden_server(conn) -> None:
             cur.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
 
 
-def provision_database(conn, names: TenantNames, password: str, connection_limit: int = -1) -> bool:
+RESTORING = "tenantkit: restore in progress"  # COMMENT ON DATABASE while an archive loads into it
+LOADED = "tenantkit: restored"  # a rollback's scratch copy, complete and ready to swap in
+
+
+def _check_tenant_role(cur, names: TenantNames) -> bool:
+    """Whether the tenant's role exists; ConfigError when it exists with powers tenantkit
+    never gives a tenant (it is someone else's role, and would be demoted)."""
+    cur.execute("SELECT rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication OR rolbypassrls "
+                "FROM pg_roles WHERE rolname = %s", (names.role,))
+    row = cur.fetchone()
+    if row and row[0]:
+        raise ConfigError(f"the role {names.role!r} exists on the database server with administrative rights, "
+                          "so it is not a tenant's role and tenantkit will not change it; give the tenant "
+                          "another `database: user` in tenant.yaml")
+    return row is not None
+
+
+def provision_database(conn, names: TenantNames, password: str, connection_limit: int = -1,
+                       comment: str | None = None) -> bool:
     """Create (or repair) the tenant's role and database; True when the database is new.
 
     The role is a plain login role that owns only its database; CONNECT is revoked from
     PUBLIC so no other tenant's role can even open it. CONNECTION LIMIT caps what the
-    role may hold, so one busy tenant cannot take every connection of the server.
+    role may hold, so one busy tenant cannot take every connection of the server. A role
+    with administrative rights, or a database another role owns, is refused, never taken
+    over. `comment` marks a new database (a restore in progress).
     """
     role, database = sql.Identifier(names.role), sql.Identifier(names.database)
+    finish_swap(conn, names)
     with conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (names.role,))
-        verb = "ALTER" if cur.fetchone() else "CREATE"
+        verb = "ALTER" if _check_tenant_role(cur, names) else "CREATE"
+        cur.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (names.database,))
+        row = cur.fetchone()
+        if row and row[0] != names.role:
+            raise ConfigError(f"the database {names.database!r} exists on the server and belongs to {row[0]!r}, "
+                              "not to the tenant's role; give the tenant another `database: name`")
         cur.execute(sql.SQL(verb + " ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
-                            "NOREPLICATION CONNECTION LIMIT %s PASSWORD %s").format(role),
+                            "NOREPLICATION NOBYPASSRLS CONNECTION LIMIT %s PASSWORD %s").format(role),
                     (connection_limit, password))
-        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (names.database,))
-        created = cur.fetchone() is None
+        created = row is None
         if created:
             cur.execute(sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8' TEMPLATE template0")
                         .format(database, role))
+            if comment:
+                cur.execute(sql.SQL("COMMENT ON DATABASE {} IS %s").format(database), (comment,))
         cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(database))
         cur.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(database, role))
     return created
+
+
+def comment_of(conn, database: str) -> str | None:
+    with conn.cursor() as cur:
+        cur.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (database,))
+        row = cur.fetchone()
+    return row[0] if row else None
+
+
+def set_comment(conn, database: str, comment: str | None) -> None:
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("COMMENT ON DATABASE {} IS %s").format(sql.Identifier(database)), (comment,))
+
+
+# ---------------------------------------------------------------------------
+# Replacing a tenant's database (rollback) without a moment where a crash loses it: the
+# archive loads into a scratch database, which is then renamed into place.
+
+def _scratch(names: TenantNames) -> tuple[str, str]:
+    """The scratch database a replacement loads into, and the name the old one has while
+    they trade places (short: a tenant's database name may already be 63 bytes)."""
+    digest = hashlib.sha256(names.database.encode()).hexdigest()[:16]
+    return f"tk_new_{digest}", f"tk_old_{digest}"
+
+
+def _exists(cur, database: str) -> bool:
+    cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+    return cur.fetchone() is not None
+
+
+def _terminate(cur, database: str) -> None:
+    cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+
+
+def finish_swap(conn, names: TenantNames) -> None:
+    """Complete (or undo) a replacement a crash interrupted: a loaded scratch copy goes
+    into place, an incomplete one is dropped, and the old database goes once replaced."""
+    scratch, old = _scratch(names)
+    with conn.cursor() as cur:
+        if _exists(cur, scratch):
+            if comment_of(conn, scratch) != LOADED:
+                cur.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(scratch)))
+            else:
+                if _exists(cur, names.database):
+                    _terminate(cur, names.database)
+                    cur.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                        sql.Identifier(names.database), sql.Identifier(old)))
+                cur.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(scratch), sql.Identifier(names.database)))
+                cur.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(names.database)))
+        if _exists(cur, old) and _exists(cur, names.database):
+            cur.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(old)))
+
+
+def replace_database(project: Project, conn, names: TenantNames, password: str, dump,
+                     on_step=lambda step: None) -> None:
+    """Replace the tenant's database with a dump: load it into a scratch database (as the
+    tenant's role), then trade names. A crash anywhere leaves the old database or the new
+    one in place, and finish_swap (run by every provisioning) completes the trade."""
+    scratch, _ = _scratch(names)
+    finish_swap(conn, names)
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8' TEMPLATE template0").format(
+            sql.Identifier(scratch), sql.Identifier(names.role)))
+        cur.execute(sql.SQL("COMMENT ON DATABASE {} IS %s").format(sql.Identifier(scratch)), (RESTORING,))
+        cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(scratch)))
+    restore_database(project, replace(names, database=scratch), dump, password)
+    set_comment(conn, scratch, LOADED)
+    on_step("restored")
+    finish_swap(conn, names)
 
 
 def pg_client(project: Project, program: str, *args: str) -> tuple[list[str], dict]:
@@ -96,10 +193,18 @@ def dump_database(project: Project, names: TenantNames, target) -> None:
         raise OperationFailed(f"pg_dump of {names.database} failed: {tail(result.stderr.decode(errors='replace'))}")
 
 
-def restore_database(project: Project, names: TenantNames, source) -> None:
-    """pg_restore a dump into the tenant's (new, empty) database, as its role, in one transaction."""
-    command, env = pg_client(project, "pg_restore", "--no-owner", "--no-privileges", f"--role={names.role}",
-                             "--single-transaction", "--exit-on-error", "-d", names.database)
+def restore_database(project: Project, names: TenantNames, source, password: str) -> None:
+    """pg_restore a dump into the tenant's (new, empty) database in one transaction,
+    connected as the tenant's own role: a dump is untrusted input, and a superuser
+    session (even with --role) could leave its role or run programs on the server."""
+    db = project.database
+    args = ["--no-owner", "--no-privileges", "--single-transaction", "--exit-on-error", "-d", names.database]
+    if db.service:  # inside the db container, over its local socket
+        command = [*compose_command(project), "exec", "-T", "db", "pg_restore", "-U", names.role, *args]
+        env = {}
+    else:
+        command = ["pg_restore", *args]
+        env = {"PGPASSWORD": password, "PGHOST": db.host, "PGPORT": str(db.port), "PGUSER": names.role}
     with open(source, "rb") as dump:
         result = subprocess.run(command, stdin=dump, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 env={**os.environ, **env})

@@ -36,6 +36,7 @@ class TenantRuntime:
     release: str | None = None     # deployed to it (a pin in tenant.yaml wins)
     previous: str | None = None    # what it ran before its last deploy: `rollback` returns there
     previous_image: str | None = None  # the image it ran before a first deploy (no release yet)
+    image: str | None = None       # an image it runs instead of a release: rolled back past its first deploy
     backup: str | None = None      # the archive taken just before its last deploy
     next_backend: str | None = None  # a deploy's "next" container, while traffic is switched to it
     subnet: str | None = None      # its network's subnet, allocated once and kept
@@ -106,6 +107,9 @@ def image_for(project: Project, state: State, tenant: Tenant, source_image: str)
     working tree's image."""
     if project.dev:
         return source_image
+    runtime = state.runtime(tenant.name)
+    if runtime.image and not tenant.release and not runtime.release:
+        return runtime.image
     version = state.release_of(tenant)
     return release_image(project, version) if version else source_image
 

@@ -9,18 +9,18 @@ import os
 import secrets as _secrets
 import shutil
 import tempfile
-from pathlib import Path
-from typing import Iterable
-
+from contextlib import contextmanager
 from dataclasses import replace
-
-import yaml
+from pathlib import Path
+from typing import Iterable, Iterator
 
 from ..act import archive, database, engine, state
-from ..act.files import give_tree_to_app_user, locked, port_is_free
+from ..act.failpoints import failpoint
+from ..act.files import give_tree_to_app_user, locked, port_is_free, readable_tree
 from ..act.secrets import new_tenant_secrets, read_env_file, write_env_file
-from ..model import (SECRETS_FILE, TENANT_FILE, ConfigError, Project, Tenant, check_host, check_hosts_free,
-                     check_name, display_path, load_tenant, load_tenants, tenant_from_mapping)
+from ..model import (SECRETS_FILE, TENANT_FILE, ConfigError, Project, Tenant, check_database_identity, check_host,
+                     check_hosts_free, check_name, display_path, load_tenant, load_tenants, read_yaml,
+                     tenant_from_mapping)
 from . import stack
 from .stack import Report, quiet
 
@@ -50,16 +50,49 @@ def write_backup(project: Project, tenant: Tenant, secrets: bool, folder: Path |
     """Dump the tenant's database and pack it with its media and folder into one archive."""
     folder = folder or project.backups_dir
     check_backups_folder(folder)
-    project.state_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=project.state_dir, prefix="backup-") as tmp:
-        dump = Path(tmp) / archive.DUMP
+    with scratch_folder(project, "backup") as tmp:
+        dump = tmp / archive.DUMP
         database.dump_database(project, tenant.names, dump)
-        files = archive.members(tenant.path, dump, secrets)
+        files = archive.members(tenant.path, tenant.media_dir, dump, secrets)
         stats = {"database_dump_bytes": dump.stat().st_size,
                  "media_files": sum(1 for name, _ in files if name.startswith("media/"))}
         target = _unique(folder / archive.archive_name(tenant.name))
         archive.write_archive(target, tenant.name, files, secrets, stats)
     return target
+
+
+@contextmanager
+def scratch_folder(project: Project, purpose: str) -> Iterator[Path]:
+    """A private (0700) working folder in .tenantkit, removed afterwards. Its name holds
+    this process's id, so one left by a killed run is recognised and swept."""
+    sweep(project)
+    archive.private_folder(project.state_dir)
+    folder = Path(tempfile.mkdtemp(dir=project.state_dir, prefix=f"{purpose}-{os.getpid()}-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _dead(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, PermissionError):
+        return False
+    return False
+
+
+def sweep(project: Project) -> None:
+    """Remove what killed runs left: working folders in .tenantkit, staged tenant folders,
+    and the trash of removals (they may hold secrets and dumps)."""
+    for folder, pattern in ((project.state_dir, "*-*-*"), (project.tenants_dir, ".*.*-*-*")):
+        for path in folder.glob(pattern) if folder.is_dir() else []:
+            parts = path.name.split("-")
+            if path.is_dir() and len(parts) >= 3 and parts[-2].isdigit() and _dead(parts[-2]):
+                shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(project.state_dir / "trash", ignore_errors=True)
 
 
 def backup(project: Project, names: Iterable[str] = (), all_: bool = False, secrets: bool = False,
@@ -83,57 +116,97 @@ def backup(project: Project, names: Iterable[str] = (), all_: bool = False, secr
 
 def rm(project: Project, name: str, keep_data: bool = False, report: Report = quiet) -> Path | None:
     """Archive the tenant (with its secrets), then drop its database and role and delete its
-    container, network, vhost and folder. With keep_data, only the running parts go."""
+    container, network, vhost, folder and media. With keep_data, only the running parts go.
+
+    Crash-safe: once archived, tenant.yaml records the removal (`removing: ARCHIVE`), which
+    stops `up` from starting the tenant again; `tenant rm NAME` run again continues from
+    where it stopped, with the same archive."""
     stack.select(load_tenants(project), [name], False)
     if not keep_data:
         check_backups_folder(project.backups_dir)
     client = engine.connect()
     with locked(project):
+        sweep(project)
         tenant = load_tenant(project, name)
-        saved = None
-        if not keep_data:
+        if keep_data:
+            stack.remove_tenant_runtime(client, project, tenant)
+            stack.write_tenant_yaml(project, replace(tenant, enabled=False))
+            _forget(client, project, tenant, report)
+            return None
+        saved = Path(tenant.removing) if tenant.removing else None
+        if saved is None or not saved.is_file():
             _ensure_database_running(client, project)
             report(f"archiving {name}")
             saved = write_backup(project, tenant, secrets=True)  # raises before anything is dropped
-            report(f"archived to {display_path(saved)}")
+            failpoint("rm", "archived")
+            tenant = replace(tenant, enabled=False, removing=str(saved))
+            stack.write_tenant_yaml(project, tenant)
+        report(f"archived to {display_path(saved)}")
+        failpoint("rm", "marked")
         report(f"removing {name}'s container and network")
         stack.remove_tenant_runtime(client, project, tenant)
-        if keep_data:
-            stack.write_tenant_yaml(project, replace(tenant, enabled=False))
-        else:
-            conn = database.admin_connect(project)
-            try:
-                report(f"dropping database and role {tenant.names.database}")
-                database.drop_database(conn, tenant.names)
-            finally:
-                conn.close()
-            shutil.rmtree(tenant.path)
-            with state.update(project) as current:  # a new tenant of that name starts afresh
-                current.tenants.pop(name, None)
-        stack.forget(project, tenant)
-        stack.render(project, [])
-        stack.reload_proxy(client, project, [], report)
+        _forget(client, project, tenant, report)
+        failpoint("rm", "stopped")
+        _ensure_database_running(client, project)
+        conn = database.admin_connect(project)
+        try:
+            report(f"dropping database and role {tenant.names.database}")
+            database.drop_database(conn, tenant.names)
+        finally:
+            conn.close()
+        failpoint("rm", "dropped")
+        # One rename takes the folder (and, inside it, the media) out of the fleet.
+        if tenant.media_dir.is_dir():
+            shutil.rmtree(tenant.path / STAGED_MEDIA, ignore_errors=True)
+            os.rename(tenant.media_dir, tenant.path / STAGED_MEDIA)
+        trash = project.state_dir / "trash"
+        archive.private_folder(trash)
+        os.rename(tenant.path, trash / f"{name}-{_secrets.token_hex(4)}")
+        failpoint("rm", "moved")
+        with state.update(project) as current:  # a new tenant of that name starts afresh
+            current.tenants.pop(name, None)
+        shutil.rmtree(trash, ignore_errors=True)
     return saved
+
+
+def _forget(client, project: Project, tenant: Tenant, report: Report) -> None:
+    """Take a tenant out of the generated files and the proxy."""
+    stack.forget(project, tenant)
+    stack.render(project, [])
+    stack.reload_proxy(client, project, [], report)
 
 
 # ---------------------------------------------------------------------------
 # restore / clone
 
+STAGED_MEDIA = ".media"  # media inside a staged or removed tenant folder (see stack.ensure_tenant_files)
+
+
 def _archived_tenant(project: Project, unpacked: Path, manifest: archive.Manifest, name: str,
                      hosts: tuple[str, ...], folder: Path) -> Tenant:
+    """The archive's tenant.yaml, validated like any other, as tenant NAME. A renamed
+    tenant gets a database and role of its own, whatever the archive says."""
     path = unpacked / "tenant" / TENANT_FILE
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        raise ConfigError("the archive holds no readable tenant.yaml") from None
-    data["name"] = manifest.tenant
-    tenant = tenant_from_mapping(project, manifest.tenant, data, {}, path, folder)
-    return replace(tenant, name=name, hosts=hosts or tenant.hosts, maintenance=False, enabled=True)
+        data, lines = read_yaml(path)
+        data["name"] = manifest.tenant
+        tenant = tenant_from_mapping(project, manifest.tenant, data, lines, path, folder)
+    except ConfigError as exc:  # name the archive's file, not the scratch folder it was read from
+        raise ConfigError(str(exc).replace(display_path(path), "the archive's tenant/tenant.yaml")) from None
+    renamed = name != manifest.tenant
+    return replace(tenant, name=name, hosts=hosts or tenant.hosts, maintenance=False, enabled=True, removing=None,
+                   database=None if renamed else tenant.database, db_user=None if renamed else tenant.db_user)
 
 
 def restore(project: Project, source: Path, as_name: str | None = None, hosts: Iterable[str] = (),
-            report: Report = quiet, start: bool = True) -> Tenant:
-    """Bring a tenant back from an archive, under its own name or as a new tenant."""
+            report: Report = quiet, start: bool = True, trust_code: bool = False,
+            step: str = "restore") -> Tenant:
+    """Bring a tenant back from an archive, under its own name or as a new tenant.
+
+    An archive is untrusted: its tenant.yaml is validated, its dump loads as the tenant's
+    own role, and its code (local_settings.py, the tenant's own apps) is restored only with
+    trust_code. Crash-safe: the database carries a "restore in progress" comment until the
+    tenant folder is in place, so running the same restore again starts over cleanly."""
     try:
         if as_name is not None:
             check_name(as_name)
@@ -141,10 +214,10 @@ def restore(project: Project, source: Path, as_name: str | None = None, hosts: I
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     client = engine.connect() if project.database.service else None
-    project.state_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=project.state_dir, prefix="restore-") as tmp:
-        unpacked = Path(tmp)
+    with scratch_folder(project, "restore") as unpacked:
         manifest = archive.unpack(source, unpacked)
+        stack.checked(check_name, manifest.tenant)
+        failpoint(step, "unpacked")
         name = as_name or manifest.tenant
         renamed = name != manifest.tenant
         if renamed and not hosts:
@@ -157,19 +230,28 @@ def restore(project: Project, source: Path, as_name: str | None = None, hosts: I
             others = load_tenants(project)
             tenant = _archived_tenant(project, unpacked, manifest, name, hosts, folder)
             check_hosts_free(tenant.hosts, others)
+            check_database_identity(project, tenant, others)
             if tenant.port in {o.port for o in others} or not port_is_free(tenant.port):
                 tenant = replace(tenant, port=stack.next_port(project, others))
             _ensure_database_running(client, project)
             conn = database.admin_connect(project)
             try:
                 if database.database_exists(conn, tenant.names):
-                    raise ConfigError(f"a database {tenant.names.database!r} already exists on the server "
-                                      f"(left by `tenant rm --keep-data`?); `tenant up {name}` uses it, "
-                                      "or restore under another name")
+                    if database.comment_of(conn, tenant.names.database) != database.RESTORING:
+                        raise ConfigError(f"a database {tenant.names.database!r} already exists on the server "
+                                          f"(left by `tenant rm --keep-data`?); `tenant up {name}` uses it, "
+                                          "or restore under another name")
+                    database.drop_database(conn, tenant.names)  # an earlier restore was killed midway
                 report(f"restoring {name} from {display_path(source)}")
-                _restore_into(project, conn, unpacked, manifest, tenant, renamed)
+                skipped = _restore_into(project, conn, unpacked, manifest, tenant, renamed, trust_code, step)
             finally:
                 conn.close()
+            with state.update(project) as current:  # what an earlier tenant of that name left
+                if current.runtime(name).release or current.runtime(name).image:
+                    current.tenants.pop(name, None)
+            if skipped:
+                report(f"not restored (code from the archive runs as the tenant; pass --trust-code to "
+                       f"restore it): {', '.join(skipped)}")
             stack.render(project, [name])
     if start:
         from .tenants import up
@@ -178,12 +260,21 @@ def restore(project: Project, source: Path, as_name: str | None = None, hosts: I
 
 
 def _restore_into(project: Project, conn, unpacked: Path, manifest: archive.Manifest, tenant: Tenant,
-                  renamed: bool) -> None:
-    """Stage the folder, create database and role, load the dump; undo all of it on failure."""
-    staging = project.tenants_dir / f".{tenant.name}.restore-{_secrets.token_hex(4)}"
+                  renamed: bool, trust_code: bool, step: str) -> list[str]:
+    """Stage the folder (media inside it), create database and role, load the dump as the
+    role, then move the folder into place; undo all of it on failure. Returns the archived
+    files that were not restored because code was not trusted."""
+    staging = project.tenants_dir / f".{tenant.name}.restore-{os.getpid()}-{_secrets.token_hex(4)}"
     created = False
+    skipped = []
     try:
         shutil.copytree(unpacked / "tenant", staging)
+        readable_tree(staging)
+        for path in sorted(staging.rglob("*")):
+            relative = path.relative_to(staging).as_posix()
+            if path.is_file() and relative not in (TENANT_FILE, SECRETS_FILE) and not trust_code:
+                path.unlink()
+                skipped.append(relative)
         archived_secrets = staging / SECRETS_FILE
         keep = manifest.secrets and not renamed and archived_secrets.is_file()
         values = read_env_file(archived_secrets) if keep else new_tenant_secrets()
@@ -192,17 +283,27 @@ def _restore_into(project: Project, conn, unpacked: Path, manifest: archive.Mani
                        f"Secrets of tenant {tenant.name}. Generated by tenantkit; keep private.")
         staged = replace(tenant, path=staging)
         stack.write_tenant_yaml(project, staged)
-        archive.place_media(unpacked, staged.media_dir)
-        give_tree_to_app_user(staged.media_dir)
-        database.provision_database(conn, tenant.names, values["TENANT_DB_PASSWORD"], stack.connection_limit(tenant))
+        archive.place_media(unpacked, staging / STAGED_MEDIA)
+        give_tree_to_app_user(staging / STAGED_MEDIA)
+        failpoint(step, "staged")
+        database.provision_database(conn, tenant.names, values["TENANT_DB_PASSWORD"], stack.connection_limit(tenant),
+                                    comment=database.RESTORING)
         created = True
-        database.restore_database(project, tenant.names, unpacked / archive.DUMP)
+        failpoint(step, "provisioned")
+        database.restore_database(project, tenant.names, unpacked / archive.DUMP, values["TENANT_DB_PASSWORD"])
+        failpoint(step, "loaded")
         os.rename(staging, tenant.path)
     except BaseException:
         if created:
             database.drop_database(conn, tenant.names)
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    # In place: the database is the tenant's now, and its media moves to media/NAME (or, after
+    # a crash here, when the tenant is next rendered).
+    database.set_comment(conn, tenant.names.database, None)
+    failpoint(step, "placed")
+    stack.ensure_tenant_files(tenant)
+    return skipped
 
 
 def clone(project: Project, src: str, dst: str, hosts: Iterable[str], report: Report = quiet) -> Tenant:
@@ -221,10 +322,12 @@ def clone(project: Project, src: str, dst: str, hosts: Iterable[str], report: Re
         raise ConfigError("a clone needs its own host: pass --host HOST")
     check_hosts_free(checked, tenants)
     client = engine.connect() if project.database.service else None
-    with tempfile.TemporaryDirectory(dir=project.state_dir, prefix="clone-") as tmp:
+    with scratch_folder(project, "clone") as tmp:
         with locked(project):
             _ensure_database_running(client, project)
             report(f"copying {src}")
-            saved = write_backup(project, source, secrets=False, folder=Path(tmp))
-        return restore(project, saved, as_name=dst, hosts=checked, report=report)
+            saved = write_backup(project, source, secrets=False, folder=tmp)
+        failpoint("clone", "copied")
+        # The source's own code comes along: it is this project's, not a stranger's archive.
+        return restore(project, saved, as_name=dst, hosts=checked, report=report, trust_code=True, step="clone")
 

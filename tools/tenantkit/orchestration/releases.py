@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable
@@ -23,6 +22,7 @@ from dataclasses import replace
 from ..act import archive, database, engine, health, migrations, state
 from ..act import build as builder
 from ..act.engine import ContainerState, OperationFailed, tail
+from ..act.failpoints import failpoint
 from ..act.files import locked
 from ..act.secrets import read_env_file
 from ..act.state import Release, TenantRuntime, release_image
@@ -137,8 +137,10 @@ def _switch_with_next(client, project: Project, tenant: Tenant, report: Report) 
                 raise OperationFailed(f"the new container did not become healthy within {NEXT_HEALTH_TIMEOUT:.0f}s")
             time.sleep(0.2)
         report(f"{tenant.name}: new release healthy; switching traffic")
+        failpoint("deploy", "next-started")
         routed = True
         _route(client, project, tenant, f"http://{next_name}:{APP_PORT}")
+        failpoint("deploy", "switched")
         engine.compose(project, "up", "-d", "--no-deps", tenant.names.service, tenant=tenant)  # the old one stops here
         health.wait_healthy(client, project, [tenant])
         _route(client, project, tenant, None)
@@ -167,25 +169,44 @@ def _start_on_release(client, project: Project, tenant: Tenant, running: bool, r
         _recreate(client, project, tenant)
 
 
-def _deploy_one(client, project: Project, tenant: Tenant, version: str, report: Report) -> Outcome:
+def _deploy_one(client, project: Project, tenant: Tenant, version: str, rendered_image: str,
+                report: Report) -> Outcome:
+    """Deploy one tenant. Crash-safe: the state records the release (and what the tenant ran
+    before) ahead of the switch, and a tenant counts as up to date only when its container
+    runs the release's image with nothing switched, so a deploy run again after a kill
+    completes the one that was interrupted."""
     started = time.monotonic()
     current = state.load(project)
     before = current.runtime(tenant.name)
-    previous = current.release_of(tenant)
-    if previous == version:
+    found = engine.container(client, project, tenant.names.service)
+    running = engine.state_of(found) is ContainerState.RUNNING
+    image = release_image(project, version)
+    resumed = before.release == version and not tenant.release  # a killed deploy of this version
+    if current.release_of(tenant) == version and before.next_backend is None and (
+            found is not None and found.image_id == engine.image_id(client, image)):
         return Outcome(tenant.name, "up-to-date", 0.0)
-    running = engine.state_of(engine.container(client, project, tenant.names.service)) is ContainerState.RUNNING
+    if resumed:
+        previous, previous_image = before.previous, before.previous_image
+    else:
+        previous = current.release_of(tenant)
+        # A first deploy remembers the image the tenant ran, so it can be rolled back too.
+        previous_image = None if previous else (found.image if found is not None else rendered_image)
     report(f"{tenant.name}: backing up before migrating")
     saved = data.write_backup(project, tenant, secrets=False)
-    _set_runtime(project, tenant, TenantRuntime(release=version, previous=previous, backup=str(saved)))
+    failpoint("deploy", "backed-up")
+    _set_runtime(project, tenant, TenantRuntime(release=version, previous=previous, previous_image=previous_image,
+                                                backup=str(saved)))
+    failpoint("deploy", "recorded")
     try:
         code, output = migrations.in_tenant(project, tenant, migrations.MIGRATE, False)
         if code != 0:
             raise OperationFailed(f"migrate failed:\n{tail(output)}")
+        failpoint("deploy", "migrated")
         _start_on_release(client, project, tenant, running, report)
     except Exception as exc:
         report(f"{tenant.name}: FAILED, staying on {previous or 'its previous image'}")
-        _set_runtime(project, tenant, before)
+        _set_runtime(project, tenant, before if not resumed else TenantRuntime(
+            release=previous, image=previous_image, previous=None))
         if not running:
             engine.compose(project, "rm", "-f", "-s", tenant.names.service, tenant=tenant, check=False)
         else:
@@ -194,7 +215,9 @@ def _deploy_one(client, project: Project, tenant: Tenant, version: str, report: 
             except (OperationFailed, ConfigError) as again:
                 report(f"{tenant.name}: could not be brought back on its previous release: {again}")
         return Outcome(tenant.name, "failed", time.monotonic() - started, str(exc), 1)
-    return Outcome(tenant.name, "ok", time.monotonic() - started, f"deployed {version} (from {previous}); backup {saved}")
+    failpoint("deploy", "recreated")
+    return Outcome(tenant.name, "ok", time.monotonic() - started,
+                   f"deployed {version} (from {previous or previous_image}); backup {saved}")
 
 
 def deploy(project: Project, version: str, names: Iterable[str] = (), keep_going: bool = False, jobs: int = 2,
@@ -219,8 +242,9 @@ def deploy(project: Project, version: str, names: Iterable[str] = (), keep_going
             for tenant in chosen:
                 if tenant.release and tenant.release != version:  # named explicitly: move its pin
                     stack.write_tenant_yaml(project, replace(tenant, release=version))
-        outcomes = across(chosen, lambda t: _deploy_one(client, project, t, version, report), jobs, None,
-                          report, keep_going)
+        rendered = stack.render(project, [t.name for t in chosen])
+        outcomes = across(chosen, lambda t: _deploy_one(client, project, t, version, rendered.images[t.name], report),
+                          jobs, None, report, keep_going)
         if not names and not any(o.failed for o in outcomes):
             with state.update(project) as current:
                 current.current = version
@@ -241,22 +265,22 @@ def _graph_keys(graph: list) -> set[tuple[str, str]]:
 
 
 def _restore_database(project: Project, tenant: Tenant, source: Path) -> None:
-    """Replace the tenant's database with the one in an archive (the pre-deploy backup)."""
+    """Replace the tenant's database with the one in an archive (the pre-deploy backup),
+    through a scratch copy: a crash never leaves the tenant without a database."""
     password = read_env_file(tenant.secrets_file)["TENANT_DB_PASSWORD"]
-    with tempfile.TemporaryDirectory(dir=project.state_dir, prefix="rollback-") as tmp:
-        archive.unpack(source, Path(tmp))
+    with data.scratch_folder(project, "rollback") as tmp:
+        archive.unpack(source, tmp)
         conn = database.admin_connect(project)
         try:
-            with conn.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{tenant.names.database}" WITH (FORCE)')
-            database.provision_database(conn, tenant.names, password, stack.connection_limit(tenant))
+            database.replace_database(project, conn, tenant.names, password, tmp / archive.DUMP,
+                                      on_step=lambda step: failpoint("rollback", step))
         finally:
             conn.close()
-        database.restore_database(project, tenant.names, Path(tmp) / archive.DUMP)
 
 
 def rollback(project: Project, names: Iterable[str] = (), report: Report = quiet) -> list[Outcome]:
-    """Return tenants to the release they ran before their last deploy.
+    """Return tenants to what they ran before their last deploy: the previous release, or,
+    after a first deploy, the image they ran before it.
 
     When that deploy applied migrations the older code does not know, the database is
     replaced by the backup taken just before those migrations (after a safety backup of
@@ -265,12 +289,16 @@ def rollback(project: Project, names: Iterable[str] = (), report: Report = quiet
     names = list(names)
     known = state.load(project)
     tenants = [t for t in load_tenants(project) if t.enabled]
-    chosen = stack.select(tenants, names, False) if names else [
-        t for t in tenants if known.runtime(t.name).previous]
+
+    def has_previous(tenant: Tenant) -> bool:
+        runtime = known.runtime(tenant.name)
+        return bool(runtime.previous or runtime.previous_image)
+
+    chosen = stack.select(tenants, names, False) if names else [t for t in tenants if has_previous(t)]
     if not chosen:
         raise ConfigError("no tenant has a previous release to roll back to")
     for tenant in chosen:
-        if not known.runtime(tenant.name).previous:
+        if not has_previous(tenant):
             raise ConfigError(f"tenant {tenant.name!r} has no previous release to roll back to")
     lock = _deploy_lock(project)
     try:
@@ -287,32 +315,51 @@ def rollback(project: Project, names: Iterable[str] = (), report: Report = quiet
 
 
 def _rollback_one(client, project: Project, tenant: Tenant, report: Report) -> Outcome:
+    """Crash-safe: until the database is what the older code needs, the state keeps the
+    deploy's record (previous release, pre-deploy backup) beside the release it returns to,
+    so a rollback run again after a kill finds them and completes."""
     started = time.monotonic()
     entry = state.load(project).runtime(tenant.name)
     previous, pre_deploy = entry.previous, entry.backup
-    _set_runtime(project, tenant, TenantRuntime(release=previous))
+    target = release_image(project, previous) if previous else entry.previous_image
+    label = previous or target
+    back = TenantRuntime(release=previous, image=None if previous else target)
     try:
-        rendered_images = {tenant.name: release_image(project, previous)}
-        graph = migrations.migration_graphs(project, client, [tenant], {}, rendered_images)
+        if not builder.image_exists(client, target):
+            raise OperationFailed(f"the image {target} it ran before is gone from this engine")
+        # The tenant's service now names the older image (its migration graph is read with
+        # it); the deploy's record stays until the end.
+        _set_runtime(project, tenant, replace(back, previous=entry.previous, previous_image=entry.previous_image,
+                                              backup=entry.backup))
+        conn = database.admin_connect(project)
+        try:
+            database.finish_swap(conn, tenant.names)  # a rollback killed while trading databases
+        finally:
+            conn.close()
+        graph = migrations.migration_graphs(project, client, [tenant], {}, {tenant.name: target})
         applied = database.applied_migrations(project, tenant.names) or set()
         unknown = applied - _graph_keys(next(iter(graph.values())))
         detail = "data kept"
         if unknown:
             if not pre_deploy or not Path(pre_deploy).is_file():
-                raise OperationFailed(f"the database has migrations release {previous} does not know "
+                raise OperationFailed(f"the database has migrations {label} does not know "
                                       f"({len(unknown)}), and the pre-deploy backup is missing")
             safety = data.write_backup(project, tenant, secrets=False)
             report(f"{tenant.name}: restoring the database from before the deploy (current data saved in {safety})")
             engine.compose(project, "stop", tenant.names.service, tenant=tenant, check=False)
+            failpoint("rollback", "stopped")
             _restore_database(project, tenant, Path(pre_deploy))
+            failpoint("rollback", "swapped")
             detail = f"database restored from {pre_deploy}; the data it had is in {safety}"
         _recreate(client, project, tenant)
+        _set_runtime(project, tenant, back)  # done: the deploy's record goes
+        failpoint("rollback", "recorded")
     except Exception as exc:
         _set_runtime(project, tenant, entry)
         engine.compose(project, "up", "-d", "--no-deps", tenant.names.service, tenant=tenant, check=False)
         return Outcome(tenant.name, "failed", time.monotonic() - started, str(exc), 1)
-    report(f"{tenant.name}: back on {previous} ({detail})")
-    return Outcome(tenant.name, "ok", time.monotonic() - started, f"rolled back to {previous}: {detail}")
+    report(f"{tenant.name}: back on {label} ({detail})")
+    return Outcome(tenant.name, "ok", time.monotonic() - started, f"rolled back to {label}: {detail}")
 
 
 # ---------------------------------------------------------------------------
