@@ -51,4 +51,5 @@ bench: deps images host-services
 	$(PYTHON) bench/proxy.py
 	$(PYTHON) bench/lifecycle.py
 	$(PYTHON) bench/deploy.py
+	$(PYTHON) bench/faults.py
 	$(PYTHON) bench/density.py
