@@ -139,6 +139,10 @@ def finish_swap(conn, names: TenantNames) -> None:
     into place, an incomplete one is dropped, and the old database goes once replaced."""
     scratch, old = _scratch(names)
     with conn.cursor() as cur:
+        # One look on the common path (nothing was interrupted): it runs at every provisioning.
+        cur.execute("SELECT count(*) FROM pg_database WHERE datname IN (%s, %s)", (scratch, old))
+        if cur.fetchone()[0] == 0:
+            return
         if _exists(cur, scratch):
             if comment_of(conn, scratch) != LOADED:
                 cur.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(scratch)))

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..act import archive, database, engine, state
+from ..act import archive, database, engine
 from ..act.failpoints import failpoint
 from ..act.files import give_tree_to_app_user, locked, port_is_free, readable_tree
 from ..act.secrets import new_tenant_secrets, read_env_file, write_env_file
@@ -64,8 +64,7 @@ def write_backup(project: Project, tenant: Tenant, secrets: bool, folder: Path |
 @contextmanager
 def scratch_folder(project: Project, purpose: str) -> Iterator[Path]:
     """A private (0700) working folder in .tenantkit, removed afterwards. Its name holds
-    this process's id, so one left by a killed run is recognised and swept."""
-    sweep(project)
+    this process's id, so one left by a killed run is recognised by sweep()."""
     archive.private_folder(project.state_dir)
     folder = Path(tempfile.mkdtemp(dir=project.state_dir, prefix=f"{purpose}-{os.getpid()}-"))
     try:
@@ -163,8 +162,7 @@ def rm(project: Project, name: str, keep_data: bool = False, report: Report = qu
         archive.private_folder(trash)
         os.rename(tenant.path, trash / f"{name}-{_secrets.token_hex(4)}")
         failpoint("rm", "moved")
-        with state.update(project) as current:  # a new tenant of that name starts afresh
-            current.tenants.pop(name, None)
+        stack.drop_runtime(project, name)
         shutil.rmtree(trash, ignore_errors=True)
     return saved
 
@@ -214,6 +212,7 @@ def restore(project: Project, source: Path, as_name: str | None = None, hosts: I
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     client = engine.connect() if project.database.service else None
+    sweep(project)
     with scratch_folder(project, "restore") as unpacked:
         manifest = archive.unpack(source, unpacked)
         stack.checked(check_name, manifest.tenant)
@@ -246,9 +245,7 @@ def restore(project: Project, source: Path, as_name: str | None = None, hosts: I
                 skipped = _restore_into(project, conn, unpacked, manifest, tenant, renamed, trust_code, step)
             finally:
                 conn.close()
-            with state.update(project) as current:  # what an earlier tenant of that name left
-                if current.runtime(name).release or current.runtime(name).image:
-                    current.tenants.pop(name, None)
+            stack.drop_runtime(project, name)  # what an earlier tenant of that name left
             if skipped:
                 report(f"not restored (code from the archive runs as the tenant; pass --trust-code to "
                        f"restore it): {', '.join(skipped)}")

@@ -260,6 +260,13 @@ def _remove_stale(project: Project, keep: set[str], with_proxy: bool) -> None:
                 proxy.remove_site(project, name)
 
 
+def drop_runtime(project: Project, name: str) -> None:
+    """Forget what a tenant of this name ran and where (release, routes, subnet): a tenant
+    that is removed, or created anew under an old name, starts afresh."""
+    with state.update(project) as current:
+        current.tenants.pop(name, None)
+
+
 def forget(project: Project, tenant: Tenant) -> None:
     """Remove a tenant's generated artifacts (not its folder): its vhost and compose file."""
     with locked(project):

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
-from ..act import database, engine, health, migrations, state
+from ..act import database, engine, health, migrations
 from ..act.engine import ContainerState, OperationFailed
 from ..act.files import atomic_write, locked
 from ..model import (ConfigError, Project, ProxyMode, Tenant, check_count, check_host, check_hosts_free,
@@ -62,8 +62,7 @@ def new(project: Project, name: str, hosts: Iterable[str] = (), title: str | Non
         finally:
             if staging.exists():
                 shutil.rmtree(staging)
-        with state.update(project) as current:  # what an earlier tenant of that name left
-            current.tenants.pop(name, None)
+        stack.drop_runtime(project, name)  # what an earlier tenant of that name left
         stack.render(project, [name])
         return tenant
 
