@@ -14,8 +14,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import docker
 import pytest
 import requests
+import yaml
 
 from tests.conftest import Run, tenant_cli, write_project
 
@@ -37,6 +39,22 @@ def require_engine():
     if os.environ.get("CI"):
         pytest.fail("no Docker engine answers, and CI never skips Docker tests: run `make engine`")
     pytest.skip("no Docker engine answers: run `make engine` to install and start one")
+
+
+def tenant_address(root: Path, name: str) -> str:
+    """Where a tenant's own container answers, as HOST:PORT: behind the compose proxy it
+    publishes no port, so its address on its network (the host routes there); otherwise
+    its published loopback port."""
+    config = yaml.safe_load((root / "tenantkit.yaml").read_text())
+    if (config.get("proxy") or {}).get("mode", "compose") != "compose":
+        return f"127.0.0.1:{yaml.safe_load((root / 'tenants' / name / 'tenant.yaml').read_text())['port']}"
+    project = config["name"]
+    listed = docker.from_env().api.containers(filters={"label": [
+        f"com.docker.compose.project={project}", f"com.docker.compose.service=tenant-{name}",
+        "com.docker.compose.oneoff=False"]})
+    assert listed, f"tenant {name} has no running container"
+    newest = max(listed, key=lambda entry: entry["Created"])
+    return f"{newest['NetworkSettings']['Networks'][f'{project}_tenant-{name}']['IPAddress']}:8000"
 
 
 def free_port() -> int:
@@ -64,7 +82,7 @@ class Stack:
         return int(re.search(r"^port: (\d+)$", text, re.M).group(1))
 
     def url(self, name: str, path: str = "/") -> str:
-        return f"http://127.0.0.1:{self.port(name)}{path}"
+        return f"http://{tenant_address(self.root, name)}{path}"
 
     def get(self, name: str, path: str = "/", host: str | None = None) -> requests.Response:
         return requests.get(self.url(name, path), headers={"Host": host or f"{name}.localhost"},

@@ -153,9 +153,15 @@ def test_clone_killed_at_any_step_completes_when_run_again(crash, step):
     crash.ok("down", name)
 
 
+DEPLOYED = {step: f"dk_{step.replace('-', '_')}" for step in STEPS["deploy"]}  # a tenant per deploy step
+ROLLED = {step: f"rb_{step}" for step in STEPS["rollback"]}  # ...and per rollback step
+
+
 @pytest.fixture(scope="module")
 def releases(crash):
     crash.ok("release", "build", "1")
+    for name in [*DEPLOYED.values(), *ROLLED.values()]:  # on release 1's schema: release 2 migrates them
+        crash.new_up(name, f"a note of {name}")
     models = crash.root / "src" / "notes" / "models.py"
     models.write_text(models.read_text() + TAG_MODEL)
     (crash.root / "src" / "notes" / "migrations" / "0002_tag.py").write_text(TAG_MIGRATION)
@@ -182,37 +188,39 @@ def test_a_first_deploy_can_be_rolled_back_to_the_image_it_ran_before(releases):
 
 @pytest.mark.parametrize("step", STEPS["deploy"])
 def test_deploy_killed_at_any_step_completes_when_run_again(releases, step):
-    crash = releases
-    version = "2" if STEPS["deploy"].index(step) % 2 == 0 else "1"
-    crash.killed("deploy", version, "dep", failpoint=f"deploy:{step}")
-    assert crash.get("dep", "/healthz/").status_code in (200, 503)
-    run = crash.ok("deploy", version, "dep", "--json")
-    assert json.loads(run.out)[0]["result"] in ("ok", "up-to-date")
-    assert crash.get("dep", "/healthz/").status_code == 200
+    crash, name = releases, DEPLOYED[step]
+    crash.killed("deploy", "2", name, failpoint=f"deploy:{step}")
+    assert crash.get(name, "/healthz/").status_code == 200  # served throughout, by one slot or the other
+    run = crash.ok("deploy", "2", name, "--json")
+    assert json.loads(run.out)[0]["result"] == ("up-to-date" if step == "done" else "ok")
+    assert crash.get(name, "/healthz/").status_code == 200
     project = yaml.safe_load((crash.root / "tenantkit.yaml").read_text())["name"]
-    running = [line for line in subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}} {{.Image}}"],
-                                               capture_output=True, text=True).stdout.splitlines()
-               if line.startswith(f"{project}-")]
-    assert not [line for line in running if "dep-next" in line]  # no "next" container left behind
-    mine = [line for line in running if "tenant-dep" in line]
-    assert mine and all(line.endswith(f"/app:{version}") for line in mine), mine
-    assert not json.loads(crash.ok("status", "dep", "--json").out)[0]["maintenance"]
+    mine = [line for line in subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}} {{.Image}}"],
+                                            capture_output=True, text=True).stdout.splitlines()
+            if line.startswith(f"{project}-tenant-{name}-")]
+    assert len(mine) == 1 and mine[0].endswith("/app:2"), mine  # one container: the old slot's is gone
+    assert ("notes_tag",) in crash.sql("SELECT tablename FROM pg_tables", dbname=name)
+    assert f"a note of {name}" in crash.get(name).text
+    # The pre-deploy backup was recorded whatever the step: the rollback restores the old schema.
+    crash.ok("rollback", name)
+    assert ("notes_tag",) not in crash.sql("SELECT tablename FROM pg_tables", dbname=name)
+    assert f"a note of {name}" in crash.get(name).text
+    crash.ok("down", name)
 
 
 @pytest.mark.parametrize("step", STEPS["rollback"])
 def test_rollback_killed_at_any_step_completes_when_run_again(releases, step):
-    crash = releases
-    crash.ok("deploy", "1", "dep")
-    crash.add_note("dep", f"on release 1 before {step}")
-    crash.ok("deploy", "2", "dep")
-    crash.add_note("dep", f"on release 2, lost by the rollback at {step}")
-    crash.killed("rollback", "dep", failpoint=f"rollback:{step}")
-    assert "dep" in crash.databases()  # a database is in place at every step
-    again = crash.cli("rollback", "dep")
+    crash, name = releases, ROLLED[step]
+    crash.ok("deploy", "2", name)  # migrates: the rollback restores the database from before it
+    crash.add_note(name, f"on release 2, lost by the rollback at {step}")
+    crash.killed("rollback", name, failpoint=f"rollback:{step}")
+    assert name in crash.databases()  # a database is in place at every step
+    again = crash.cli("rollback", name)
     assert again.code == 0 or (step == "recorded" and "no previous release" in again.err), again.err
-    page = crash.get("dep").text
-    assert f"on release 1 before {step}" in page and "lost by the rollback" not in page
+    page = crash.get(name).text
+    assert f"a note of {name}" in page and "lost by the rollback" not in page
     assert not {db for db in crash.databases() if db.startswith(("tk_new_", "tk_old_"))}
+    crash.ok("down", name)
 
 
 def test_a_release_whose_app_does_not_start_leaves_the_tenant_on_its_release(releases):

@@ -1,26 +1,58 @@
 """Host mode: the host's own Apache proxies to the tenants' loopback ports."""
+import os
+import shutil
 import socket
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 import requests
 
+from tests.conftest import write_project
+from tests.integration.conftest import Stack, free_port
 from tests.integration.host_apache import APACHE, HostApache
 
 
 @pytest.fixture(scope="module")
-def host_proxy(stack):
-    from pathlib import Path
+def host_stack():
+    """A project in proxy.mode host: its tenants publish loopback ports, and tenantkit
+    writes vhosts for the host's own Apache, which listens on proxy.port."""
     if not Path(APACHE).exists():
         pytest.fail("apache2 is needed on the host: run `make host-services`")
+    # Not under pytest's private tmp folder: the host's Apache (www-data) must reach media.
+    folder = Path(tempfile.mkdtemp(prefix="tkhost-"))
+    os.chmod(folder, 0o755)
+    root = write_project(folder, name=f"tkhost{os.getpid()}", database__publish_port=free_port(),
+                         ports__first=free_port(), proxy__port=free_port(), proxy__mode="host")
+    s = Stack(root)
+    s.ok("new", "alpha", "--host", "alpha.localhost", "--title", "Alpha Corp")
+    s.ok("new", "beta", "--host", "beta.localhost", "--title", "Beta & Sons")
+    s.ok("up", "--all")
+    yield s
+    subprocess.run(["docker", "compose", "-f", str(root / "compose" / "compose.yaml"), "down", "-v", "-t", "5"],
+                   capture_output=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def host_proxy(host_stack):
+    stack = host_stack
+    port = stack.proxy_port()
+    apache = HostApache(stack.root / "host-apache", port, f"{stack.root}/compose/apache/sites/*.conf")
+    apache.start()
+    yield port, apache, stack.root / "compose" / "apache" / "sites"
+    apache.stop()
+
+
+def test_apache_for_the_host_is_refused_behind_the_compose_proxy(stack):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     out = stack.root / "compose" / "apache" / "host"
-    stack.ok("apache", "--mode", "proxy", "--out", str(out), "--port", str(port))
-    apache = HostApache(stack.root / "host-apache", port, f"{out}/*.conf")
-    apache.start()
-    yield port, apache, out
-    apache.stop()
+    run = stack.cli("apache", "--mode", "proxy", "--out", str(out), "--port", str(port))
+    assert run.code == 2 and "set proxy.mode: host" in run.err and len(run.err.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 def get(port, host, path="/"):
@@ -28,7 +60,8 @@ def get(port, host, path="/"):
                         allow_redirects=False)
 
 
-def test_the_hosts_apache_routes_by_host_to_the_published_ports(stack, host_proxy):
+def test_the_hosts_apache_routes_by_host_to_the_published_ports(host_stack, host_proxy):
+    stack = host_stack
     port, apache, out = host_proxy
     assert "Syntax OK" in apache.check()
     assert '<h1 id="title">Alpha Corp</h1>' in get(port, "alpha.localhost").text
@@ -38,7 +71,8 @@ def test_the_hosts_apache_routes_by_host_to_the_published_ports(stack, host_prox
     assert f'ProxyPass "/" "http://127.0.0.1:{stack.port("alpha")}/"' in vhost
 
 
-def test_the_hosts_apache_serves_media_from_the_tenants_folder(stack, host_proxy):
+def test_the_hosts_apache_serves_media_from_the_tenants_folder(host_stack, host_proxy):
+    stack = host_stack
     port, *_ = host_proxy
     response = stack.post("beta", "/uploads/", files={"file": ("host.txt", b"beta via host apache")})
     path = response.headers["Location"]

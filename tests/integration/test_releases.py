@@ -249,3 +249,25 @@ def test_a_pinned_tenant_is_skipped_unless_named_and_naming_it_moves_the_pin(rel
     assert outcomes == {"relb": "ok"}
     assert "release: '1'" in (rel.root / "tenants" / "relb" / "tenant.yaml").read_text()
     assert "Notes, release two" not in rel.get("relb").text
+
+
+def test_a_release_without_migrations_takes_no_backup_and_rolls_back_exactly(rel):
+    """relb runs release 1 on a database that already has release 2's schema (it kept it
+    when it went back to 1 by a deploy): release 4, whose migrations are release 2's,
+    changes no schema, so the deploy takes no backup, and the rollback keeps the data."""
+    archives = set((rel.root / "backups").glob("relb-*"))
+    template = rel.source / "notes" / "templates" / "notes" / "home.html"
+    template.write_text(template.read_text().replace("<h2>Notes", "<h2>Notes, release four"))
+    rel.ok("release", "build", "4")
+    run = rel.ok("deploy", "4", "relb", "--json")
+    assert json.loads(run.out)[0]["result"] == "ok"
+    assert "relb: no migrations to apply, so no backup is needed" in run.err
+    assert set((rel.root / "backups").glob("relb-*")) == archives
+    assert "Notes, release four" in rel.get("relb").text
+    rel.add_note("relb", "written under release 4 in relb")
+    run = rel.ok("rollback", "relb")
+    assert "data kept" in run.err
+    page = rel.get("relb").text
+    assert "release four" not in page and "release two" not in page  # release 1's code again
+    assert "written under release 4 in relb" in rel.notes("relb")  # and nothing lost
+    assert "notes_tag" in rel.tables("relb")

@@ -37,7 +37,7 @@ def test_each_vhost_proxies_to_its_own_container_only(project):
     sites = render_sites(project, tenants, IMAGE)
     for t in tenants:
         backends = set(re.findall(r'BalancerMember "([^"]+)"', sites[t.names.vhost]))
-        assert backends == {f"http://tk-{t.name}:8000"}
+        assert backends == {f"http://a.tk-{t.name}:8000"}
         assert re.search(r'ProxyPass "/" "balancer://tk-%s/"' % t.name, sites[t.names.vhost])
         assert "hcmethod=GET hcuri=/healthz/ hcinterval=60" in sites[t.names.vhost]
         assert f'<Directory "/srv/media/{t.name}">' in sites[t.names.vhost]

@@ -1,8 +1,10 @@
 """Rendering is pure: the model in, a compose document and settings modules out."""
+import dataclasses
+
 import yaml
 
-from tenantkit.model import Tenant
-from tenantkit.render.compose import dump_compose, render_stack, render_tenant_compose
+from tenantkit.model import ProxyMode, Tenant
+from tenantkit.render.compose import dump_compose, render_stack, render_tenant_compose, tenant_service
 from tenantkit.render.settings import render_settings
 
 
@@ -32,7 +34,7 @@ def test_each_tenant_gets_a_service_with_restart_memory_and_its_own_network(proj
     assert acme["restart"] == "unless-stopped"
     assert acme["mem_limit"] == "512m"
     assert doc["services"]["tenant-zed"]["mem_limit"] == "256m"
-    assert acme["networks"] == {"tenant-acme": {"aliases": ["tk-acme"]}}
+    assert acme["networks"] == {"tenant-acme": {"aliases": ["tk-acme", "a.tk-acme"]}}
     assert list(doc["services"]["tenant-zed"]["networks"]) == ["tenant-zed"]
     assert sorted(doc["services"]["db"]["networks"]) == ["tenant-acme", "tenant-zed"]
     assert set(doc["networks"]) == {"tenant-acme", "tenant-zed"}
@@ -51,12 +53,23 @@ def test_the_stack_file_includes_every_tenant_file(project):
     assert doc["services"]["db"]["command"][:3] == ["postgres", "-c", "max_connections=1000"]
 
 
-def test_tenants_publish_on_loopback_only(project):
+def test_tenants_publish_on_loopback_only_and_not_at_all_behind_the_compose_proxy(project):
     doc = render_compose(project, [tenant(project, "acme", 8101)], "img")
     for service in doc["services"].values():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:")
+    assert "ports" not in doc["services"]["tenant-acme"]  # two slots may run at once
+    host = dataclasses.replace(project, proxy=dataclasses.replace(project.proxy, mode=ProxyMode.HOST))
+    doc = render_compose(host, [tenant(host, "acme", 8101)], "img")
     assert doc["services"]["tenant-acme"]["ports"] == ["127.0.0.1:8101:8000"]
+
+
+def test_a_slot_names_the_container_on_its_network_and_never_another_tenant(project):
+    service = tenant_service(project, tenant(project, "foo", 8101), "img", slot="b")
+    assert service["networks"]["tenant-foo"]["aliases"] == ["tk-foo", "b.tk-foo"]
+    names = {tenant(project, n, 8101).names.slot_host(s) for n in ("foo", "foo_a", "foo_b", "a") for s in "ab"}
+    names |= {tenant(project, n, 8101).names.backend_host for n in ("foo", "foo_a", "foo_b", "a")}
+    assert len(names) == 12
 
 
 def test_the_settings_module_is_mounted_read_only_and_media_writable(project):
@@ -122,7 +135,7 @@ def test_settings_follow_the_seed_and_compile(project):
     compile(text, "settings.py", "exec")
     assert "from main.settings import *" in text
     assert "ALLOWED_HOSTS = ['acme.localhost']" in text
-    assert "ALLOWED_HOSTS.append('tk-acme')" in text  # the proxy's health checks
+    assert "ALLOWED_HOSTS += ['tk-acme', 'a.tk-acme', 'b.tk-acme']" in text  # the proxy's health checks
     assert "TENANT_ROOT = os.path.dirname(os.path.abspath(__file__))" in text
     assert '"NAME": \'acme\'' in text and '"USER": \'acme\'' in text
     assert 'MEDIA_ROOT = os.environ.get("TENANTKIT_MEDIA_ROOT") or os.path.join(TENANT_ROOT, "www", "content")' in text

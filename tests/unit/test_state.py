@@ -66,9 +66,9 @@ def test_state_round_trips_and_update_writes_only_changes(project):
     with state.update(project) as current:
         current.current = "2"
         current.releases["2"] = state.Release("2", "img:2", "d" * 64, None, "2026-11-28T00:00:00+00:00")
-        current.set_runtime("acme", release="2", previous="1", next_backend="http://next:8000")
+        current.set_runtime("acme", release="2", previous="1", slot="b", route="a")
     loaded = state.load(project)
-    assert loaded.runtime("acme").next_backend == "http://next:8000"
+    assert loaded.runtime("acme").switching and loaded.runtime("acme").live_slot == "b"
     assert loaded.releases["2"].image == "img:2" and loaded.current == "2"
     stamp = project.state_file.stat().st_mtime_ns
     with state.update(project) as current:
@@ -93,3 +93,10 @@ def test_containers_are_read_from_one_list_answer():
     assert liberty.state is engine.ContainerState.RUNNING and liberty.restarting
     assert oneoff.labels["com.docker.compose.oneoff"] == "True"
     assert engine.state_of(None) is engine.ContainerState.ABSENT
+
+
+def test_a_state_written_with_a_dropped_field_still_loads(project):
+    project.state_file.parent.mkdir(parents=True, exist_ok=True)
+    project.state_file.write_text('{"tenants": {"acme": {"release": "1", "next_backend": "http://x:8000"}}}')
+    runtime = state.load(project).runtime("acme")
+    assert runtime.release == "1" and runtime.live_slot == "a" and not runtime.switching

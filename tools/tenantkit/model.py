@@ -63,6 +63,11 @@ class TenantNames:
     backend_host: str  # the container's name on its network: a valid Host header (no "_")
     compose_file: str  # compose/tenants/<file>: the tenant's own part of the stack
 
+    def slot_host(self, slot: str) -> str:
+        """The name of the tenant's container in one slot ("a" or "b"), as the proxy reaches
+        it. A dot never occurs in backend_host, so no tenant's slot name is another's name."""
+        return f"{slot}.{self.backend_host}"
+
 
 def tenant_names(name: str, database: str | None = None, role: str | None = None) -> TenantNames:
     """Derive the compose service, network, database, role and file names of a tenant.
@@ -139,6 +144,7 @@ class DatabaseServer:
     publish_port: int  # where the compose service answers on 127.0.0.1
     admin_password_file: Path | None = None  # external servers only
     max_connections: int = 1000  # the compose db service's max_connections
+    templates: bool = True  # new tenants' databases are copies of a migrated template (see docs)
 
     @property
     def admin_host(self) -> str:
@@ -589,6 +595,7 @@ def load_project(root: Path) -> Project:
         publish_port=db.get("publish_port", check_port, 54329),
         admin_password_file=(root / password_file) if password_file else None,
         max_connections=db.get("max_connections", lambda v: check_count(v, 20, 100000), 1000),
+        templates=db.get("templates", _bool, True),
     )
     db.done()
     if not service and database.admin_password_file is None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
@@ -13,6 +14,7 @@ from dataclasses import dataclass, replace
 
 from ..model import ConfigError, Project, TenantNames
 from .engine import OperationFailed, compose_command, tail
+from .failpoints import failpoint
 from .secrets import read_env_file
 
 
@@ -70,8 +72,11 @@ def _check_tenant_role(cur, names: TenantNames) -> bool:
 
 
 def provision_database(conn, names: TenantNames, password: str, connection_limit: int = -1,
-                       comment: str | None = None) -> bool:
-    """Create (or repair) the tenant's role and database; True when the database is new.
+                       comment: str | None = None, template: str | None = None,
+                       project: Project | None = None) -> str | None:
+    """Create (or repair) the tenant's role and database. Returns None when the database
+    existed, "created" for a new empty one, "cloned" for a copy of `template` (a ready
+    template database of `project`: see make_template), which needs no migrations.
 
     The role is a plain login role that owns only its database; CONNECT is revoked from
     PUBLIC so no other tenant's role can even open it. CONNECTION LIMIT caps what the
@@ -83,23 +88,142 @@ def provision_database(conn, names: TenantNames, password: str, connection_limit
     finish_swap(conn, names)
     with conn.cursor() as cur:
         verb = "ALTER" if _check_tenant_role(cur, names) else "CREATE"
-        cur.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (names.database,))
+        cur.execute("SELECT pg_get_userbyid(datdba), shobj_description(oid, 'pg_database') FROM pg_database "
+                    "WHERE datname = %s", (names.database,))
         row = cur.fetchone()
+        if row and row[1] == CLONING:  # a copy a crash interrupted: new, so nothing is lost
+            cur.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(database))
+            row = None
         if row and row[0] != names.role:
             raise ConfigError(f"the database {names.database!r} exists on the server and belongs to {row[0]!r}, "
                               "not to the tenant's role; give the tenant another `database: name`")
         cur.execute(sql.SQL(verb + " ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
                             "NOREPLICATION NOBYPASSRLS CONNECTION LIMIT %s PASSWORD %s").format(role),
                     (connection_limit, password))
-        created = row is None
-        if created:
+        outcome = None
+        if row is None and template and project is not None and not comment:
+            _clone(project, cur, names, template)
+            outcome = "cloned"
+        elif row is None:
             cur.execute(sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8' TEMPLATE template0")
                         .format(database, role))
             if comment:
                 cur.execute(sql.SQL("COMMENT ON DATABASE {} IS %s").format(database), (comment,))
+            outcome = "created"
         cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(database))
         cur.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(database, role))
-    return created
+    return outcome
+
+
+# ---------------------------------------------------------------------------
+# Template databases: a new tenant's database is a copy of one that a release's migrations
+# already ran on (CREATE DATABASE ... TEMPLATE: about 0.05 s, against seconds of migrate).
+#
+# A template is cut from a tenant database right after its first migrate, before the
+# tenant's container ever started, so it holds what the migrations made and nothing a
+# tenant wrote. The template database belongs to the admin, CONNECT is revoked from
+# PUBLIC, and the objects in it belong to TEMPLATE_ROLE, a role that cannot log in and
+# owns nothing else; in a copy, REASSIGN OWNED hands them all (tables, sequences, types,
+# functions, whatever the migrations made) to the new tenant's role.
+
+TEMPLATE_ROLE = "tenantkit_template"
+TEMPLATE_PREFIX = "tk_tpl_"
+CLONING = "tenantkit: copy from a template in progress"
+
+
+def template_name(project: Project, key: str) -> str:
+    """The template database of a key (the image and what else decides the schema)."""
+    return TEMPLATE_PREFIX + hashlib.sha256(f"{project.name}\0{key}".encode()).hexdigest()[:24]
+
+
+def _template_comment(project: Project, image_id: str) -> str:
+    return f"tenantkit template: project={project.name} image={image_id}"
+
+
+def ready_templates(conn, project: Project) -> set[str]:
+    """This project's complete template databases (one query)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s AND "
+                    "shobj_description(oid, 'pg_database') LIKE %s",
+                    (TEMPLATE_PREFIX + "%", _template_comment(project, "") + "%"))
+        return {row[0] for row in cur.fetchall()}
+
+
+def _clone(project: Project, cur, names: TenantNames, template: str) -> None:
+    """The tenant's database as a copy of a template, every object handed to its role.
+    Marked CLONING until the hand-over commits: provisioning drops such a copy."""
+    database = sql.Identifier(names.database)
+    cur.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE {}").format(
+        database, sql.Identifier(names.role), sql.Identifier(template)))
+    cur.execute(sql.SQL("COMMENT ON DATABASE {} IS %s").format(database), (CLONING,))
+    failpoint("up", "copied")
+    inside = admin_connect(project, names.database, retry=False)
+    try:
+        inside.autocommit = False
+        with inside.cursor() as icur:
+            icur.execute(sql.SQL("REASSIGN OWNED BY {} TO {}").format(
+                sql.Identifier(TEMPLATE_ROLE), sql.Identifier(names.role)))
+            icur.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(database))
+        inside.commit()
+    finally:
+        inside.close()
+
+
+def drop_template(cur, name: str) -> None:
+    cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+    if cur.fetchone():
+        cur.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(sql.Identifier(name)))
+        cur.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def make_template(project: Project, conn, names: TenantNames, template: str, image_id: str) -> bool:
+    """Copy a tenant database that was just migrated for the first time into a template.
+
+    False (and nothing made) when the database is in use. The template's objects move
+    from the tenant's role to TEMPLATE_ROLE in one transaction, which also gives the
+    tenant's database back to its role (REASSIGN OWNED moves databases too)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (TEMPLATE_ROLE,))
+        if not cur.fetchone():
+            cur.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(TEMPLATE_ROLE)))
+        drop_template(cur, template)  # an incomplete one a crash left
+        try:
+            cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(template), sql.Identifier(names.database)))
+        except psycopg2.errors.ObjectInUse:
+            return False
+        cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(template)))
+        cur.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE true").format(sql.Identifier(template)))
+    failpoint("up", "template-copied")
+    inside = admin_connect(project, template, retry=False)
+    try:
+        inside.autocommit = False
+        with inside.cursor() as icur:
+            icur.execute(sql.SQL("REASSIGN OWNED BY {} TO {}").format(
+                sql.Identifier(names.role), sql.Identifier(TEMPLATE_ROLE)))
+            icur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                sql.Identifier(names.database), sql.Identifier(names.role)))
+            icur.execute(sql.SQL("COMMENT ON DATABASE {} IS %s").format(sql.Identifier(template)),
+                         (_template_comment(project, image_id),))
+        inside.commit()
+    finally:
+        inside.close()
+    return True
+
+
+def prune_templates(conn, project: Project, keep_images: set[str]) -> list[str]:
+    """Drop this project's templates (complete or not) of images not in `keep_images`."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT datname, coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database "
+                    "WHERE datname LIKE %s", (TEMPLATE_PREFIX + "%",))
+        rows = cur.fetchall()
+        prefix = _template_comment(project, "")
+        dropped = []
+        for name, comment in rows:
+            if comment.startswith(prefix) and comment[len(prefix):] not in keep_images:
+                drop_template(cur, name)
+                dropped.append(name)
+    return dropped
 
 
 def comment_of(conn, database: str) -> str | None:

@@ -85,33 +85,48 @@ class Container:
     image_id: str
     restarting: bool
     labels: dict
+    addresses: dict  # its IPv4 address on each network it is on, by network name
+    created: int = 0
 
     @classmethod
     def from_list_entry(cls, entry: dict) -> "Container":
         labels = entry.get("Labels") or {}
         status = entry.get("State", "")
+        networks = (entry.get("NetworkSettings") or {}).get("Networks") or {}
         return cls(
             id=entry["Id"], name=(entry.get("Names") or ["/"])[0].lstrip("/"),
             service=labels.get("com.docker.compose.service", ""),
             state=ContainerState.RUNNING if status in ("running", "restarting") else ContainerState.STOPPED,
             image=entry.get("Image", ""), image_id=entry.get("ImageID", ""), restarting=status == "restarting",
-            labels=labels,
+            labels=labels, addresses={name: net.get("IPAddress") for name, net in networks.items()
+                                      if net.get("IPAddress")},
+            created=entry.get("Created", 0),
         )
 
 
-def containers(client: docker.DockerClient, project: Project, service: str | None = None) -> dict[str, Container]:
-    """The project's service containers (one-off runs excluded) by service name; with
-    `service`, only that one, filtered by the engine."""
+def service_containers(client: docker.DockerClient, project: Project,
+                       service: str | None = None) -> list[Container]:
+    """The project's service containers (one-off runs excluded), of one service or all;
+    filtered by the engine. A tenant's service has two while a deploy switches slots."""
     filters = [f"com.docker.compose.project={project.name}"]
     if service:
         filters.append(f"com.docker.compose.service={service}")
-    listed = client.api.containers(all=True, filters={"label": filters})
+    listed = [Container.from_list_entry(entry) for entry in client.api.containers(all=True, filters={"label": filters})]
+    return [c for c in listed if c.labels.get("com.docker.compose.oneoff") != "True"]
+
+
+def _rank(container: Container) -> tuple[bool, int]:
+    return container.state is ContainerState.RUNNING, container.created
+
+
+def containers(client: docker.DockerClient, project: Project, service: str | None = None) -> dict[str, Container]:
+    """The project's service containers by service name; with `service`, only that one.
+    Of two containers of a service (a deploy between slots), the newest running one."""
     found: dict[str, Container] = {}
-    for entry in listed:
-        container = Container.from_list_entry(entry)
-        if container.labels.get("com.docker.compose.oneoff") == "True":
-            continue
-        found[container.service] = container
+    for container in service_containers(client, project, service):
+        known = found.get(container.service)
+        if known is None or _rank(container) > _rank(known):
+            found[container.service] = container
     return found
 
 

@@ -17,8 +17,9 @@ STEPS = {
     "rm": ("archived", "marked", "stopped", "dropped", "moved"),
     "restore": ("unpacked", "staged", "provisioned", "loaded", "placed"),
     "clone": ("copied", "provisioned", "loaded", "placed"),
-    "deploy": ("backed-up", "recorded", "migrated", "next-started", "switched", "recreated"),
+    "deploy": ("recorded", "backed-up", "migrated", "next-started", "switched", "done"),
     "rollback": ("stopped", "restored", "swapped", "recorded"),
+    "up": ("template-copied", "copied"),  # a template cut from a fresh database; a copy of a template
 }
 
 

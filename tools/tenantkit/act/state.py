@@ -37,9 +37,30 @@ class TenantRuntime:
     previous: str | None = None    # what it ran before its last deploy: `rollback` returns there
     previous_image: str | None = None  # the image it ran before a first deploy (no release yet)
     image: str | None = None       # an image it runs instead of a release: rolled back past its first deploy
-    backup: str | None = None      # the archive taken just before its last deploy
-    next_backend: str | None = None  # a deploy's "next" container, while traffic is switched to it
+    backup: str | None = None      # the archive taken just before its last deploy (None: no schema change)
+    slot: str | None = None        # the slot ("a" or "b") its service's container runs in (None: "a")
+    route: str | None = None       # the slot the proxy sends its traffic to, when not `slot` (a deploy's switch)
     subnet: str | None = None      # its network's subnet, allocated once and kept
+
+    @property
+    def live_slot(self) -> str:
+        return self.slot or SLOTS[0]
+
+    @property
+    def routed_slot(self) -> str:
+        return self.route or self.live_slot
+
+    @property
+    def switching(self) -> bool:
+        """A deploy started a container in the other slot and has not finished moving to it."""
+        return self.routed_slot != self.live_slot
+
+
+SLOTS = ("a", "b")  # a tenant's two container slots: a deploy starts the new release in the idle one
+
+
+def other_slot(slot: str) -> str:
+    return SLOTS[1] if slot == SLOTS[0] else SLOTS[0]
 
 
 @dataclass
@@ -72,7 +93,16 @@ class State:
         data = json.loads(text)
         return cls(current=data.get("current"),
                    releases={k: Release(**v) for k, v in data.get("releases", {}).items()},
-                   tenants={k: TenantRuntime(**v) for k, v in data.get("tenants", {}).items()})
+                   tenants={k: _runtime(v) for k, v in data.get("tenants", {}).items()})
+
+
+_RUNTIME_FIELDS = set(TenantRuntime.__dataclass_fields__)
+
+
+def _runtime(record: dict) -> TenantRuntime:
+    """A tenant's runtime record; fields an older tenantkit wrote and this one dropped
+    (a deploy's `next_backend`) are ignored."""
+    return TenantRuntime(**{k: v for k, v in record.items() if k in _RUNTIME_FIELDS})
 
 
 def load(project: Project) -> State:

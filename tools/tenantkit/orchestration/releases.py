@@ -1,10 +1,11 @@
 """Releases: build immutable images, deploy them tenant by tenant without downtime, roll back.
 
-A deploy of one tenant: back up its database; migrate with the new image; start a
-"next" container of the new release beside the running one (no published port); when it
-is healthy, point the tenant's vhost at it and reload Apache gracefully; recreate the
-tenant's own container on the new release; point the vhost back and remove "next".
-Requests keep being answered by one container or the other throughout.
+A deploy of one tenant: record the release and the slot it goes to; when the release has
+migrations the tenant's database lacks, back the database up and migrate; start the new
+release's container in the tenant's idle slot, beside the running one (behind the compose
+proxy a tenant publishes no port, so two can run); when it answers, point the tenant's
+vhost at that slot and reload Apache gracefully; stop the old container. One container
+start per tenant, and requests are answered by one container or the other throughout.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+import docker.errors
 import filelock
 
 from dataclasses import replace
@@ -25,8 +27,9 @@ from ..act.engine import ContainerState, OperationFailed, tail
 from ..act.failpoints import failpoint
 from ..act.files import locked
 from ..act.secrets import read_env_file
-from ..act.state import Release, TenantRuntime, release_image
-from ..model import APP_PORT, ConfigError, Project, ProxyMode, Tenant, check_release, load_tenants
+from ..act.state import Release, TenantRuntime, other_slot, release_image
+from ..model import ConfigError, Project, ProxyMode, Tenant, check_release, load_tenants
+from ..render.compose import SLOT_LABEL
 from . import data, stack
 from .fleet import Outcome, across
 from .stack import Report, quiet
@@ -93,131 +96,168 @@ def _deploy_lock(project: Project):
     return lock
 
 
-def _set_runtime(project: Project, tenant: Tenant, runtime: TenantRuntime) -> None:
+def deploy_running(project: Project) -> bool:
+    """Whether a deploy or rollback holds the deploy lock now."""
+    lock = filelock.FileLock(str(project.state_dir / "deploy.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def _set_runtime(project: Project, tenant: Tenant, runtime: TenantRuntime) -> stack.Rendered:
     """Record what a tenant runs (its subnet is kept), and render that tenant for it."""
     with locked(project):
         with state.update(project) as current:
             current.tenants[tenant.name] = replace(runtime, subnet=current.runtime(tenant.name).subnet)
-        stack.render(project, [tenant.name])
+        return stack.render(project, [tenant.name])
 
 
-def _route(client, project: Project, tenant: Tenant, backend: str | None) -> None:
-    """Point the tenant's vhost at `backend` (None: its own container) and reload the proxy.
-
-    The route is stored state: any other `tenant` process that renders this tenant in
-    the meantime keeps it."""
+def _route_to_live_slot(client, project: Project, tenant: Tenant) -> None:
+    """Point the tenant's vhost at its live slot, reload the proxy gracefully and wait until
+    the proxy answers from it. The route is stored state: any `tenant` process that renders
+    the tenant in the meantime keeps it."""
     with locked(project):
         with state.update(project) as current:
-            current.set_runtime(tenant.name, next_backend=backend)
+            current.set_runtime(tenant.name, route=None)
         stack.render(project, [tenant.name])
         stack.reload_proxy(client, project, [tenant], force=True)
     health.wait_routed(project, [tenant])
 
 
-def _next_healthy(client, container_id: str) -> bool:
-    run = client.api.exec_create(container_id, ["/opt/venv/bin/python", "/opt/tenantkit/healthcheck.py"])
-    client.api.exec_start(run["Id"])
-    return client.api.exec_inspect(run["Id"])["ExitCode"] == 0
+def _switch_slots(client, project: Project, tenant: Tenant, slot: str, report: Report) -> None:
+    """Serve the tenant from a container of its (already rendered) new definition, started
+    in `slot` beside the running one: when it answers, the proxy moves to it and the old
+    container stops (finishing the requests it has). One container start, no gap.
 
+    Every step looks at what is there, so a deploy run again after a kill goes on from
+    where it stopped."""
+    service = tenant.names.service
 
-def _switch_with_next(client, project: Project, tenant: Tenant, report: Report) -> None:
-    """Serve the tenant from a new container of its (already rendered) release without a gap."""
-    # A container name Apache can use as a host name: no underscores.
-    next_name = f"{project.name}-{tenant.name}-next".replace("_", "-")
-    subprocess.run(["docker", "rm", "-f", next_name], capture_output=True)
-    engine.compose(project, "run", "-d", "--no-deps", "--name", next_name, tenant.names.service, tenant=tenant)
-    routed = False
-    try:
-        deadline = time.monotonic() + NEXT_HEALTH_TIMEOUT
-        while not _next_healthy(client, next_name):
-            if client.api.inspect_container(next_name)["State"]["Status"] != "running":
-                logs = client.api.logs(next_name, tail=15).decode(errors="replace")
-                raise OperationFailed(f"the new container stopped: {tail(logs)}")
-            if time.monotonic() > deadline:
-                raise OperationFailed(f"the new container did not become healthy within {NEXT_HEALTH_TIMEOUT:.0f}s")
-            time.sleep(0.2)
-        report(f"{tenant.name}: new release healthy; switching traffic")
-        failpoint("deploy", "next-started")
-        routed = True
-        _route(client, project, tenant, f"http://{next_name}:{APP_PORT}")
-        failpoint("deploy", "switched")
-        engine.compose(project, "up", "-d", "--no-deps", tenant.names.service, tenant=tenant)  # the old one stops here
-        health.wait_healthy(client, project, [tenant])
-        _route(client, project, tenant, None)
-        routed = False
-    finally:
-        if routed:  # failed while switched: route back first
-            _route(client, project, tenant, None)
+    def in_slot() -> tuple[list[engine.Container], list[engine.Container]]:
+        found = engine.service_containers(client, project, service)
+        return ([c for c in found if c.labels.get(SLOT_LABEL) == slot],
+                [c for c in found if c.labels.get(SLOT_LABEL) != slot])
+
+    new, old = in_slot()
+    for leftover in new:  # of an earlier definition (a deploy that failed and was not undone)
+        if leftover.labels.get(stack.CONFIG_LABEL) != stack.current_config(project, tenant):
+            client.api.remove_container(leftover.id, force=True)
+            new = []
+    if not new:
+        # --no-recreate: the running container stays; Compose adds one of the new definition.
+        engine.compose(project, "up", "-d", "--no-deps", "--no-recreate", "--scale", f"{service}=2", service,
+                       tenant=tenant)
+        new, old = in_slot()
+    if not new:
+        raise OperationFailed("Compose did not start a container of the new release")
+    if new[0].state is not ContainerState.RUNNING:
+        client.api.start(new[0].id)
+        new, old = in_slot()
+    health.wait_container(client, project, tenant, new[0], NEXT_HEALTH_TIMEOUT)
+    report(f"{tenant.name}: new release answers; switching traffic")
+    failpoint("deploy", "next-started")
+    _route_to_live_slot(client, project, tenant)
+    failpoint("deploy", "switched")
+    for container in old:
         try:
-            client.api.stop(next_name, timeout=20)  # requests still in flight on it complete
-        finally:
-            client.api.remove_container(next_name, force=True)
+            client.api.stop(container.id, timeout=20)  # requests still in flight on it complete
+            client.api.remove_container(container.id, force=True)
+        except docker.errors.NotFound:
+            pass
 
 
 def _recreate(client, project: Project, tenant: Tenant) -> None:
-    """Recreate the tenant's container on its recorded release, wait, and route to it again."""
+    """Bring the tenant's container to its rendered definition (Compose keeps a container
+    that already matches it and removes any other), wait, and route to it again."""
     engine.compose(project, "up", "-d", "--no-deps", tenant.names.service, tenant=tenant)
     health.wait_healthy(client, project, [tenant])
-    stack.reload_proxy(client, project, [tenant], force=True)
-    health.wait_routed(project, [tenant])
+    _route_to_live_slot(client, project, tenant)
 
 
-def _start_on_release(client, project: Project, tenant: Tenant, running: bool, report: Report) -> None:
-    if running and project.proxy.mode is ProxyMode.COMPOSE:
-        _switch_with_next(client, project, tenant, report)
-    else:
-        _recreate(client, project, tenant)
+def _uses_slots(project: Project, running: bool) -> bool:
+    """Whether the tenant moves between slots (a running tenant behind the compose proxy)
+    or is recreated in place (host or no proxy: its published port cannot be shared)."""
+    return running and project.proxy.mode is ProxyMode.COMPOSE
 
 
 def _deploy_one(client, project: Project, tenant: Tenant, version: str, rendered_image: str,
                 report: Report) -> Outcome:
-    """Deploy one tenant. Crash-safe: the state records the release (and what the tenant ran
-    before) ahead of the switch, and a tenant counts as up to date only when its container
-    runs the release's image with nothing switched, so a deploy run again after a kill
+    """Deploy one tenant: record the release, back up and migrate only when the release has
+    migrations this database lacks, then start the new container beside the old one and
+    switch (or recreate in place, without the compose proxy).
+
+    Crash-safe: the state records the release, the slot it goes to and what the tenant ran
+    before, ahead of any change; a tenant counts as up to date only when one container runs
+    the release's image with nothing switched. So a deploy run again after a kill
     completes the one that was interrupted."""
     started = time.monotonic()
     current = state.load(project)
     before = current.runtime(tenant.name)
-    found = engine.container(client, project, tenant.names.service)
-    running = engine.state_of(found) is ContainerState.RUNNING
-    image = release_image(project, version)
-    resumed = before.release == version and not tenant.release  # a killed deploy of this version
-    if current.release_of(tenant) == version and before.next_backend is None and (
-            found is not None and found.image_id == engine.image_id(client, image)):
+    found = engine.service_containers(client, project, tenant.names.service)
+    running = any(c.state is ContainerState.RUNNING for c in found)
+    image_id = engine.image_id(client, release_image(project, version))
+    # A killed deploy of this version (which may have moved the tenant's pin to it already).
+    resumed = before.release == version and tenant.release in (None, version)
+    if (current.release_of(tenant) == version and not before.switching and len(found) == 1
+            and found[0].image_id == image_id):
         return Outcome(tenant.name, "up-to-date", 0.0)
     if resumed:
         previous, previous_image = before.previous, before.previous_image
     else:
         previous = current.release_of(tenant)
         # A first deploy remembers the image the tenant ran, so it can be rolled back too.
-        previous_image = None if previous else (found.image if found is not None else rendered_image)
-    report(f"{tenant.name}: backing up before migrating")
-    saved = data.write_backup(project, tenant, secrets=False)
-    failpoint("deploy", "backed-up")
-    _set_runtime(project, tenant, TenantRuntime(release=version, previous=previous, previous_image=previous_image,
-                                                backup=str(saved)))
+        newest = max(found, key=lambda c: c.created, default=None)
+        previous_image = None if previous else (newest.image if newest is not None else rendered_image)
+    slots = _uses_slots(project, running)
+    # The idle slot: the one the proxy does not use (a resumed deploy keeps the one it chose).
+    slot = (before.live_slot if resumed else other_slot(before.routed_slot)) if slots else before.live_slot
+    route = before.routed_slot if slots else None
+    record = TenantRuntime(release=version, previous=previous, previous_image=previous_image,
+                           backup=before.backup if resumed else None, slot=slot,
+                           route=route if route != slot else None)
+    rendered = _set_runtime(project, tenant, record)
     failpoint("deploy", "recorded")
     try:
-        code, output = migrations.in_tenant(project, tenant, migrations.MIGRATE, False)
-        if code != 0:
-            raise OperationFailed(f"migrate failed:\n{tail(output)}")
-        failpoint("deploy", "migrated")
-        _start_on_release(client, project, tenant, running, report)
+        graph = migrations.migration_graphs(project, client, [tenant], {}, rendered.images)
+        schema_changes = migrations.needs_migrate(next(iter(graph.values())),
+                                                  database.applied_migrations(project, tenant.names))
+        saved = record.backup
+        if schema_changes:
+            if not saved:
+                report(f"{tenant.name}: the release has migrations; backing up first")
+                saved = str(data.write_backup(project, tenant, secrets=False))
+                with state.update(project) as changed:
+                    changed.set_runtime(tenant.name, backup=saved)
+                failpoint("deploy", "backed-up")
+            code, output = migrations.in_tenant(project, tenant, migrations.MIGRATE, False)
+            if code != 0:
+                raise OperationFailed(f"migrate failed:\n{tail(output)}")
+            failpoint("deploy", "migrated")
+        else:
+            report(f"{tenant.name}: no migrations to apply, so no backup is needed")
+        if slots:
+            _switch_slots(client, project, tenant, slot, report)
+        else:
+            _recreate(client, project, tenant)
     except Exception as exc:
         report(f"{tenant.name}: FAILED, staying on {previous or 'its previous image'}")
         _set_runtime(project, tenant, before if not resumed else TenantRuntime(
-            release=previous, image=previous_image, previous=None))
+            release=previous, image=previous_image, previous=None, slot=before.routed_slot))
         if not running:
             engine.compose(project, "rm", "-f", "-s", tenant.names.service, tenant=tenant, check=False)
         else:
-            try:  # back on its recorded release; routed again only once it answers
+            try:  # back on its recorded release (still running, in the slot the proxy uses)
                 _recreate(client, project, tenant)
             except (OperationFailed, ConfigError) as again:
                 report(f"{tenant.name}: could not be brought back on its previous release: {again}")
         return Outcome(tenant.name, "failed", time.monotonic() - started, str(exc), 1)
-    failpoint("deploy", "recreated")
+    failpoint("deploy", "done")
+    how = f"backup {saved}" if saved else "no migrations, no backup needed"
     return Outcome(tenant.name, "ok", time.monotonic() - started,
-                   f"deployed {version} (from {previous or previous_image}); backup {saved}")
+                   f"deployed {version} (from {previous or previous_image}); {how}")
 
 
 def deploy(project: Project, version: str, names: Iterable[str] = (), keep_going: bool = False, jobs: int = 2,
@@ -284,7 +324,8 @@ def rollback(project: Project, names: Iterable[str] = (), report: Report = quiet
 
     When that deploy applied migrations the older code does not know, the database is
     replaced by the backup taken just before those migrations (after a safety backup of
-    its current state); otherwise the data is kept as it is.
+    its current state); a deploy that migrated nothing took no backup, and the data is
+    kept as it is: in both cases the tenant is back where it was before the deploy.
     """
     names = list(names)
     known = state.load(project)
@@ -323,14 +364,24 @@ def _rollback_one(client, project: Project, tenant: Tenant, report: Report) -> O
     previous, pre_deploy = entry.previous, entry.backup
     target = release_image(project, previous) if previous else entry.previous_image
     label = previous or target
-    back = TenantRuntime(release=previous, image=None if previous else target)
+    pinned = bool(tenant.release)
+    running = engine.state_of(engine.container(client, project, tenant.names.service)) is ContainerState.RUNNING
+    slots = _uses_slots(project, running)
+    # Like a deploy, the older release starts in the idle slot (kept when a killed rollback
+    # already chose it), unless the tenant is recreated in place.
+    slot = (entry.live_slot if entry.switching else other_slot(entry.live_slot)) if slots else entry.live_slot
+    back = TenantRuntime(release=previous, image=None if previous else target, slot=slot)
     try:
         if not builder.image_exists(client, target):
             raise OperationFailed(f"the image {target} it ran before is gone from this engine")
+        if pinned and tenant.release != previous:  # the deploy moved its pin: it moves back
+            with locked(project):
+                stack.write_tenant_yaml(project, replace(tenant, release=previous))
         # The tenant's service now names the older image (its migration graph is read with
         # it); the deploy's record stays until the end.
-        _set_runtime(project, tenant, replace(back, previous=entry.previous, previous_image=entry.previous_image,
-                                              backup=entry.backup))
+        _set_runtime(project, tenant, replace(
+            back, previous=entry.previous, previous_image=entry.previous_image, backup=entry.backup,
+            route=entry.routed_slot if entry.routed_slot != slot else None))
         conn = database.admin_connect(project)
         try:
             database.finish_swap(conn, tenant.names)  # a rollback killed while trading databases
@@ -340,10 +391,15 @@ def _rollback_one(client, project: Project, tenant: Tenant, report: Report) -> O
         applied = database.applied_migrations(project, tenant.names) or set()
         unknown = applied - _graph_keys(next(iter(graph.values())))
         detail = "data kept"
-        if unknown:
-            if not pre_deploy or not Path(pre_deploy).is_file():
+        restore = bool(unknown and pre_deploy)
+        if unknown and not pre_deploy:
+            # The deploy migrated nothing (it backs up exactly when it does): these
+            # migrations were there before it, under the same older code.
+            detail = f"data kept, with {len(unknown)} newer migrations it had before that deploy"
+        if restore:
+            if not Path(pre_deploy).is_file():
                 raise OperationFailed(f"the database has migrations {label} does not know "
-                                      f"({len(unknown)}), and the pre-deploy backup is missing")
+                                      f"({len(unknown)}), and the pre-deploy backup {pre_deploy} is missing")
             safety = data.write_backup(project, tenant, secrets=False)
             report(f"{tenant.name}: restoring the database from before the deploy (current data saved in {safety})")
             engine.compose(project, "stop", tenant.names.service, tenant=tenant, check=False)
@@ -351,10 +407,16 @@ def _rollback_one(client, project: Project, tenant: Tenant, report: Report) -> O
             _restore_database(project, tenant, Path(pre_deploy))
             failpoint("rollback", "swapped")
             detail = f"database restored from {pre_deploy}; the data it had is in {safety}"
-        _recreate(client, project, tenant)
+        if slots and not restore:  # a switch without a gap, as a deploy's
+            _switch_slots(client, project, tenant, slot, report)
+        else:
+            _recreate(client, project, tenant)
         _set_runtime(project, tenant, back)  # done: the deploy's record goes
         failpoint("rollback", "recorded")
     except Exception as exc:
+        if pinned:
+            with locked(project):
+                stack.write_tenant_yaml(project, tenant)
         _set_runtime(project, tenant, entry)
         engine.compose(project, "up", "-d", "--no-deps", tenant.names.service, tenant=tenant, check=False)
         return Outcome(tenant.name, "failed", time.monotonic() - started, str(exc), 1)

@@ -151,7 +151,7 @@ def _project_digest(project: Project, proxy_image: str | None) -> str:
 
 
 def _inputs_digest(project_digest: str, tenant: Tenant, image: str, runtime: state.TenantRuntime) -> str:
-    record = (tenant.to_yaml_dict(), image, runtime.next_backend, runtime.subnet)
+    record = (tenant.to_yaml_dict(), image, runtime.live_slot, runtime.routed_slot, runtime.subnet)
     return hashlib.sha256(f"{project_digest}\0{record!r}".encode()).hexdigest()
 
 
@@ -165,8 +165,8 @@ def _render_cache(project: Project) -> dict:
 def render(project: Project, names: Iterable[str] | None = None, tenants: list[Tenant] | None = None) -> Rendered:
     """Write the artifacts of the named tenants (None: of every tenant) and the stack file.
 
-    Holds the project lock. Tenants' vhosts route as the stored state says (a deploy's
-    "next" container included), whichever process renders them. `tenants`: the fleet as
+    Holds the project lock. Tenants' vhosts route to the slot the stored state says (in
+    the middle of a deploy's switch too), whichever process renders them. `tenants`: the fleet as
     the caller loaded it under the same lock hold, so it is not read twice.
     """
     with locked(project):
@@ -199,7 +199,8 @@ def render(project: Project, names: Iterable[str] | None = None, tenants: list[T
                 continue
             ensure_tenant_files(tenant)
             settings_digest = write_settings(project, tenant)
-            doc = render_tenant_compose(project, tenant, images[tenant.name], runtime.subnet, settings_digest)
+            doc = render_tenant_compose(project, tenant, images[tenant.name], runtime.subnet, settings_digest,
+                                        runtime.live_slot)
             # The digest of everything the container is made from, as a label: `up` leaves a
             # running container whose label matches alone, without asking Compose.
             configs[tenant.name] = hashlib.sha256(dump_compose(doc).encode()).hexdigest()[:16]
@@ -207,7 +208,7 @@ def render(project: Project, names: Iterable[str] | None = None, tenants: list[T
             atomic_write(project.tenant_compose_file(tenant), dump_compose(doc))
             if with_proxy:
                 proxy.write_site(project, tenant.names.vhost, render_proxy_vhost(
-                    tenant, layout, images[tenant.name], runtime.next_backend))
+                    tenant, layout, images[tenant.name], runtime.routed_slot))
             digests[tenant.name] = digest
 
         if wanted is None:  # a full render also removes what belongs to no enabled tenant
@@ -258,6 +259,11 @@ def _remove_stale(project: Project, keep: set[str], with_proxy: bool) -> None:
         for name in proxy.site_names(project):
             if name != DEFAULT_SITE and name.removesuffix(".conf") not in keep:
                 proxy.remove_site(project, name)
+
+
+def current_config(project: Project, tenant: Tenant) -> str | None:
+    """The digest of the tenant's container definition as last rendered (by any process)."""
+    return _render_cache(project).get("configs", {}).get(tenant.name)
 
 
 def drop_runtime(project: Project, name: str) -> None:
@@ -325,28 +331,66 @@ def check_network_pool(client, project: Project) -> None:
 
 
 def start_database(client, project: Project, tenants: list[Tenant], report: Report = quiet) -> None:
-    """Start the compose db service, or attach the running one to the tenants' networks
-    (creating them first); wait until it accepts connections."""
-    members = {t.name: engine.network_members(client, project.network_name(t.names)) for t in tenants}
-    found = engine.container(client, project, "db") if project.database.service else None
+    """Start the compose db service (or check the external server answers) and connect it
+    to the tenants' networks (creating them first); wait until it accepts connections."""
+    ensure_database(client, project, report)
+    connect_networks(client, project, tenants)
+
+
+def ensure_database(client, project: Project, report: Report = quiet) -> None:
+    """Start the compose db service when it is not running; wait until the server accepts
+    connections (an external one too)."""
     if project.database.service:
+        found = engine.container(client, project, "db")
         engine.check_owner(client, project, found)
-    db_running = engine.state_of(found) is ContainerState.RUNNING
-    if None in members.values() or (project.database.service and not db_running):
-        check_network_pool(client, project)  # before Compose creates a network
-    if not project.database.service:
-        return
-    if not db_running:
-        report("starting database")
-        engine.compose(project, "up", "-d", "--no-recreate", "db")
-    else:
-        missing = [t for t in tenants if found.id not in (members[t.name] or ())]
-        if missing:
-            # Creates the tenants' networks (and containers, unstarted) without touching db
-            # and without recreating a running tenant: that is `up -d`'s job, after migrations.
-            compose_services(project, missing, "up", "--no-start", "--no-deps", "--no-recreate")
-            engine.attach_to_networks(client, project, "db", [project.network_name(t.names) for t in missing])
+        if engine.state_of(found) is not ContainerState.RUNNING:
+            check_network_pool(client, project)  # before Compose creates a network
+            report("starting database")
+            engine.compose(project, "up", "-d", "--no-recreate", "db")
     database.admin_connect(project).close()  # retried while the server starts
+
+
+def connect_networks(client, project: Project, tenants: list[Tenant], created: bool = False) -> None:
+    """Make sure each tenant's network exists with the database on it. `created`: Compose
+    just made the tenants' containers (and networks), so only the database is attached.
+
+    The database joins a tenant's network by an attach, never by Compose: Compose would
+    recreate the shared database's container to change its networks."""
+    members = {t.name: engine.network_members(client, project.network_name(t.names)) for t in tenants}
+    db = engine.container(client, project, "db") if project.database.service else None
+    missing = [t for t in tenants if members[t.name] is None]
+    if missing and not created:
+        check_network_pool(client, project)  # before Compose creates a network
+        # Creates the networks (and containers, unstarted) without touching the database and
+        # without recreating a running tenant: that is `up -d`'s job, after migrations.
+        compose_services(project, missing, "up", "--no-start", "--no-deps", "--no-recreate")
+    if db is not None:
+        unattached = [t for t in tenants if db.id not in (members[t.name] or ())]
+        engine.attach_to_networks(client, project, "db", [project.network_name(t.names) for t in unattached])
+
+
+def start_services(client, project: Project, tenants: list[Tenant], rendered: Rendered,
+                   image_ids: dict[str, str]) -> None:
+    """Start these tenants' containers: one that exists unstarted (or stopped) and matches
+    its definition is started as it is (an engine call); the others are (re)created by
+    Compose."""
+    found = engine.containers(client, project, tenants[0].names.service if len(tenants) == 1 else None)
+
+    def ready(tenant: Tenant) -> bool:
+        container = found.get(tenant.names.service)
+        return (container is not None and container.labels.get(CONFIG_LABEL) == rendered.configs.get(tenant.name)
+                and container.image_id == image_ids.get(rendered.images[tenant.name]))
+
+    startable = [t for t in tenants if ready(t)]
+    others = [t for t in tenants if t not in startable]
+    if others:
+        compose_services(project, others, "up", "-d", "--no-deps")
+    if startable:
+        from .fleet import run_each
+        failures = run_each(startable, lambda t: client.api.start(found[t.names.service].id), MIGRATE_JOBS)
+        if failures:
+            raise OperationFailed("\n".join(f"tenant {t.name}: its container did not start: {error}"
+                                             for t, error in failures.items()))
 
 
 def compose_services(project: Project, tenants: list[Tenant], *args: str, check: bool = True):
@@ -358,17 +402,83 @@ def compose_services(project: Project, tenants: list[Tenant], *args: str, check:
     return engine.compose(project, *args, *services, check=check)
 
 
-def provision(project: Project, tenants: list[Tenant], report: Report = quiet) -> None:
-    """Create (or repair) each tenant's database and role, with its connection budget."""
+def provision(project: Project, tenants: list[Tenant], report: Report = quiet,
+              templates: dict[str, str] | None = None) -> dict[str, str | None]:
+    """Create (or repair) each tenant's database and role, with its connection budget.
+
+    A new database is a copy of the tenant's template (`templates`: name -> template key,
+    see template_keys) when that template is ready. Returns what happened to each
+    tenant's database: None (it existed), "created" (empty) or "cloned" (migrated)."""
     if not tenants:
-        return
+        return {}
+    templates = templates or {}
+    outcomes = {}
     conn = database.admin_connect(project)
     try:
         database.harden_server(conn)
+        ready = database.ready_templates(conn, project) if templates else set()
         for tenant in tenants:
             password = read_env_file(tenant.secrets_file)["TENANT_DB_PASSWORD"]
-            if database.provision_database(conn, tenant.names, password, connection_limit(tenant)):
-                report(f"created database and role {tenant.names.database}")
+            template = database.template_name(project, templates[tenant.name]) if tenant.name in templates else None
+            outcome = database.provision_database(conn, tenant.names, password, connection_limit(tenant),
+                                                  template=template if template in ready else None, project=project)
+            if outcome:
+                how = "from its release's template" if outcome == "cloned" else "empty"
+                report(f"created database and role {tenant.names.database} ({how})")
+            outcomes[tenant.name] = outcome
+    finally:
+        conn.close()
+    return outcomes
+
+
+def template_keys(client, project: Project, tenants: list[Tenant], images: dict[str, str]) -> dict[str, str]:
+    """The template each tenant's new database may be copied from, by tenant name: one per
+    image and what else decides the schema (extra apps, and Python files the tenant
+    carries in its folder, such as local_settings.py or an app of its own).
+
+    None for the project (database.templates: false) or for an image that is missing."""
+    if not project.database.templates or project.dev:
+        return {}
+    ids = {image: engine.image_id(client, image) for image in {images[t.name] for t in tenants}}
+    return {t.name: schema_key(t, ids[images[t.name]]) for t in tenants if ids[images[t.name]]}
+
+
+def schema_key(tenant: Tenant, image_id: str, extra: str = "") -> str:
+    """What decides a tenant's schema beyond its image: extra apps, and Python files it
+    carries in its folder (local_settings.py, an app of its own). "IMAGE_ID:DIGEST"."""
+    digest = hashlib.sha256(f"{image_id}\0{sorted(tenant.apps)}\0{extra}".encode())
+    for path in sorted(tenant.path.rglob("*.py")):
+        if path.name != "settings.py" or path.parent != tenant.path:  # settings.py: rendered per tenant
+            digest.update(str(path.relative_to(tenant.path)).encode() + b"\0" + path.read_bytes())
+    return f"{image_id}:{digest.hexdigest()[:24]}"
+
+
+def project_digest(project: Project) -> str:
+    """Everything project-wide that a tenant's settings depend on (tenantkit's templates too)."""
+    return _project_digest(project, None)
+
+
+def make_templates(client, project: Project, tenants: list[Tenant], keys: dict[str, str],
+                   report: Report = quiet) -> None:
+    """Cut a template from each tenant database that was just migrated for the first time
+    (before its container started), one per key that has none ready; then drop templates
+    of images this engine no longer has."""
+    wanted = {keys[t.name]: t for t in tenants if t.name in keys}
+    if not wanted:
+        return
+    conn = database.admin_connect(project)
+    try:
+        ready = database.ready_templates(conn, project)
+        made = False
+        for key, tenant in wanted.items():
+            name = database.template_name(project, key)
+            if name not in ready and database.make_template(project, conn, tenant.names, name,
+                                                             key.rpartition(":")[0]):
+                report(f"kept {tenant.name}'s freshly migrated database as the template for new tenants")
+                made = True
+        if made:
+            images = {image["Id"] for image in client.api.images(filters={"reference": f"{project.images.app}"})}
+            database.prune_templates(conn, project, images)
     finally:
         conn.close()
 
@@ -421,7 +531,7 @@ def remove_tenant_runtime(client, project: Project, tenant: Tenant) -> None:
 
 __all__ = [
     "Report", "Rendered", "quiet", "checked", "select", "write_tenant_yaml", "ensure_tenant_files",
-    "write_settings", "next_port", "render", "forget", "ensure_images", "check_network_pool",
-    "start_database", "compose_services", "provision", "connection_limit", "migrate_tenant", "migrate_many", "reload_proxy",
+    "write_settings", "next_port", "render", "current_config", "forget", "ensure_images", "check_network_pool",
+    "start_database", "ensure_database", "connect_networks", "start_services", "compose_services", "provision", "template_keys", "schema_key", "project_digest", "make_templates", "connection_limit", "migrate_tenant", "migrate_many", "reload_proxy",
     "remove_tenant_runtime",
 ]

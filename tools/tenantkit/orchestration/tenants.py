@@ -6,6 +6,7 @@ those tenants' files and containers; it costs the same with 3 tenants or 3,000.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import re
 import secrets as _secrets
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
-from ..act import database, engine, health, migrations
+from ..act import database, engine, health, migrations, state
 from ..act.engine import ContainerState, OperationFailed
 from ..act.files import atomic_write, locked
 from ..model import (ConfigError, Project, ProxyMode, Tenant, check_count, check_host, check_hosts_free,
@@ -89,7 +90,11 @@ def build(project: Project, report: Report = quiet, force: bool = False) -> str:
 
 def up(project: Project, names: Iterable[str] = (), all_: bool = False,
        report: Report = quiet) -> list[Tenant]:
-    """Build if needed, provision databases, migrate, start and wait until healthy."""
+    """Build if needed, provision databases, migrate, start and wait until healthy.
+
+    A new tenant's database is a copy of its release's template when there is one, so it
+    starts without migrations: one container start, during which the proxy is reloaded
+    once for the whole batch."""
     names = list(names)
     for tenant in select(load_tenants(project), names, all_):  # bad names fail before anything else
         if tenant.removing and names:
@@ -102,51 +107,84 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
             if not tenant.enabled:  # `up` brings back a tenant removed with --keep-data
                 stack.write_tenant_yaml(project, replace(tenant, enabled=True))
                 tenants = [replace(t, enabled=True) if t.name == tenant.name else t for t in tenants]
+        _finish_switches(project, select([t for t in tenants if t.enabled], names, all_))
         rendered = stack.render(project, None if all_ else names, tenants)
         chosen = select(rendered.tenants, names, all_)
-        chosen_names = [t.name for t in chosen]
-        stack.ensure_images(client, project, rendered, report, names=chosen_names)
+        stack.ensure_images(client, project, rendered, report, names=[t.name for t in chosen])
         warning = engine.neighbour_table_warning(len(rendered.tenants))
         if warning:
             report(warning)
         only = chosen[0].names.service if len(chosen) == 1 else None
         before = engine.containers(client, project, only)
-        stack.start_database(client, project, chosen, report)
-        stack.provision(project, chosen, report)
-        found = engine.containers(client, project, only)
-        pending = migrations.pending_tenants(project, client, chosen, found, rendered.images)
-        failures = stack.migrate_many(project, pending, found, rendered.images, report)
+        stack.ensure_database(client, project, report)
+        keys = stack.template_keys(client, project, chosen, rendered.images)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # Networks (with the database on them) and unstarted containers for tenants that
+            # have none, while their databases are made.
+            networks = pool.submit(stack.connect_networks, client, project, chosen)
+            made = stack.provision(project, chosen, report, keys)
+            networks.result()
+        fresh = [t for t in chosen if made.get(t.name) == "created"]
+        pending = migrations.pending_tenants(project, client, [t for t in chosen if made.get(t.name) is None],
+                                             before, rendered.images)
+        failures = stack.migrate_many(project, fresh + pending, before, rendered.images, report)
         for tenant in failures:  # a tenant that was absent stays absent: drop the container made for it
             if tenant.names.service not in before:
                 engine.compose(project, "rm", "-f", "-s", tenant.names.service, tenant=tenant, check=False)
+        stack.make_templates(client, project, [t for t in fresh if t not in failures], keys, report)
         chosen = [t for t in chosen if t not in failures]
         image_ids = {image: engine.image_id(client, image) for image in {rendered.images[t.name] for t in chosen}}
-        stale = [t for t in chosen if not rendered.is_current(t, found.get(t.names.service), image_ids)]
+        stale = [t for t in chosen if not rendered.is_current(t, before.get(t.names.service), image_ids)]
         if stale:
             report(f"starting {', '.join(t.name for t in stale)}")
-            stack.compose_services(project, stale, "up", "-d", "--no-deps")
-        health.wait_healthy(client, project, chosen, report)
-        _deploy_checks(project, [t for t in stale if t in chosen], rendered, report)
-        # A recreated container has a new address, which Apache only learns on a reload.
-        stack.reload_proxy(client, project, chosen, report, force=bool(stale))
+            stack.start_services(client, project, stale, rendered, image_ids)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # A recreated container has a new address, which Apache only learns on a reload:
+            # one graceful reload for the batch, while the containers boot.
+            reloaded = pool.submit(stack.reload_proxy, client, project, chosen, report, bool(stale))
+            health.wait_healthy(client, project, chosen, report)
+            reloaded.result()
+        _deploy_checks(client, project, [t for t in stale if t in chosen], rendered, report)
         health.wait_routed(project, chosen)
     if failures:  # the others are up; the command still fails, naming each failure
         raise OperationFailed("\n".join(str(error) for error in failures.values()))
     return chosen
 
 
+def _finish_switches(project: Project, tenants: list[Tenant]) -> None:
+    """`up` of a tenant that a deploy left between its two slots finishes the move to the new
+    one (Compose keeps the container of the current definition and removes the other),
+    unless that deploy still runs."""
+    from .releases import deploy_running
+
+    current = state.load(project)
+    switching = [t for t in tenants if current.runtime(t.name).switching]
+    if not switching:
+        return
+    if deploy_running(project):
+        raise ConfigError(f"a deploy is moving {', '.join(t.name for t in switching)} to a new release; "
+                          "wait for it to finish")
+    with state.update(project) as changed:
+        for tenant in switching:
+            changed.set_runtime(tenant.name, route=None)
+
+
 CHECK_DEPLOY = ["python", "manage.py", "check", "--deploy", "--fail-level", "CRITICAL"]
 
 
-def _deploy_checks(project: Project, tenants: list[Tenant], rendered: stack.Rendered, report: Report) -> None:
+def _deploy_checks(client, project: Project, tenants: list[Tenant], rendered: stack.Rendered,
+                   report: Report) -> None:
     """Django's `check --deploy` in each started tenant; its warnings shown on one line per
-    tenant. Kept by container definition, so an unchanged tenant is not checked again."""
+    tenant. Kept by what decides them (the image, the tenant's own code and apps, DEBUG,
+    tenantkit's settings template), so the same kind of tenant is checked once."""
     from .fleet import run_each
 
     folder = project.cache_dir / "deploy-checks"
+    ids = {image: engine.image_id(client, image) for image in {rendered.images[t.name] for t in tenants}}
 
     def one(tenant: Tenant) -> None:
-        cached = folder / f"{rendered.configs.get(tenant.name, tenant.name)}.txt"
+        kind = stack.schema_key(tenant, ids[rendered.images[tenant.name]] or "", f"debug={tenant.debug or project.dev}")
+        cached = folder / f"{hashlib.sha256((kind + stack.project_digest(project)).encode()).hexdigest()[:24]}.txt"
         if cached.is_file():
             found = cached.read_text().split()
         else:
@@ -262,7 +300,7 @@ class TenantStatus:
 def _health(project: Project, tenants: list[Tenant], found: dict) -> dict[str, str]:
     """Health of the running tenants, probed over HTTP as the proxy checks it."""
     running = [t for t in tenants if t.enabled and engine.state_of(found.get(t.names.service)) is ContainerState.RUNNING]
-    return health.probe_many(project, running)
+    return health.probe_many(project, running, found)
 
 
 def _state(tenant: Tenant, found: dict) -> str:
@@ -366,6 +404,9 @@ def maintenance(project: Project, name: str, on: bool, report: Report = quiet) -
 
 def apache_proxy(project: Project, out: Path, listen_port: int, report: Report = quiet) -> list[str]:
     """Write vhosts for the host's own Apache, proxying to the tenants' loopback ports."""
+    if project.proxy.mode is ProxyMode.COMPOSE:
+        raise ConfigError("behind the compose proxy (proxy.mode: compose) tenants publish no port for the host's "
+                          "Apache to reach; set proxy.mode: host in tenantkit.yaml, then `tenant up --all`")
     client = engine.connect()
     with locked(project):
         rendered = stack.render(project)

@@ -45,9 +45,11 @@ class ProxyLayout:
     health_path: str = "/"
     health_interval: int = 0  # seconds between the proxy's checks of each backend; 0: none
 
-    def backend(self, tenant: Tenant) -> str:
+    def backend(self, tenant: Tenant, slot: str = "a") -> str:
+        """Where the tenant's container answers: the name of the slot the proxy routes to
+        on its network, or its loopback port for the host's Apache."""
         if self.in_compose:
-            return f"http://{tenant.names.backend_host}:{APP_PORT}"
+            return f"http://{tenant.names.slot_host(slot)}:{APP_PORT}"
         return f"http://127.0.0.1:{tenant.port}"
 
 
@@ -64,8 +66,9 @@ def release_of(image: str) -> str:
     return image.rpartition(":")[2]
 
 
-def render_proxy_vhost(tenant: Tenant, layout: ProxyLayout, image: str, backend: str | None = None) -> str:
-    """One tenant's vhost: its hosts, its media and assets, a proxy to its container only."""
+def render_proxy_vhost(tenant: Tenant, layout: ProxyLayout, image: str, slot: str = "a") -> str:
+    """One tenant's vhost: its hosts, its media and assets, a proxy to its container only
+    (the one in `slot`, in compose mode)."""
     return environment.get_template("vhost-proxy.conf.j2").render(
         tenant=tenant,
         listen_port=layout.listen_port,
@@ -73,11 +76,10 @@ def render_proxy_vhost(tenant: Tenant, layout: ProxyLayout, image: str, backend:
         log_format="combined",
         media_dir=f"{layout.media_root}/{tenant.name}",
         assets_dir=apache_path(f"{layout.assets_dir}/{release_of(image)}"),
-        backend=backend or layout.backend(tenant),
+        backend=layout.backend(tenant, slot),
         balancer=tenant.names.backend_host,
         health_path=layout.health_path,
-        # A deploy's "next" container is checked by the deploy itself, for the seconds it serves.
-        health_interval=0 if backend else layout.health_interval,
+        health_interval=layout.health_interval,
         title_html=maintenance_title(tenant.title),
     )
 
@@ -100,12 +102,12 @@ def host_layout(project: Project, listen_port: int) -> ProxyLayout:
 
 
 def render_sites(project: Project, tenants: list[Tenant], images: str | dict[str, str],
-                 layout: ProxyLayout | None = None, backends: dict[str, str] | None = None) -> dict[str, str]:
-    """Every vhost file of the project's proxy, by file name. `backends` overrides where a
-    tenant's vhost proxies to (a deploy's next container)."""
+                 layout: ProxyLayout | None = None, slots: dict[str, str] | None = None) -> dict[str, str]:
+    """Every vhost file of the project's proxy, by file name. `slots`: the slot each
+    tenant's traffic goes to (compose mode; "a" when not given)."""
     layout = layout or proxy_layout(project)
     sites = {DEFAULT_SITE: render_default_vhost(layout)}
     for tenant in tenants:
         image = images[tenant.name] if isinstance(images, dict) else images
-        sites[tenant.names.vhost] = render_proxy_vhost(tenant, layout, image, (backends or {}).get(tenant.name))
+        sites[tenant.names.vhost] = render_proxy_vhost(tenant, layout, image, (slots or {}).get(tenant.name, "a"))
     return sites

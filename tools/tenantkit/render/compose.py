@@ -16,6 +16,7 @@ import yaml
 
 from ..model import APP_PORT, MEDIA_DIR, OWNER_LABEL, Project, ProxyMode, Tenant
 
+SLOT_LABEL = "tenantkit.slot"  # the slot a tenant's container runs in: a deploy tells old from new by it
 PIDS_LIMIT = 256  # processes and threads per tenant container: gunicorn's, with room to spare
 
 Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -98,8 +99,13 @@ MEDIA_MOUNT = "/srv/media"  # a tenant's media inside its container; the proxy's
 
 
 def tenant_service(project: Project, tenant: Tenant, image: str, settings_digest: str = "",
-                   subnet: str | None = None) -> dict:
+                   subnet: str | None = None, slot: str = "a") -> dict:
     """One tenant's container: the shared image, its own settings, secrets, media and network.
+
+    Behind the compose proxy it publishes no port: the proxy reaches it on its network by
+    the name of its slot (a.tk-NAME or b.tk-NAME), and tenantkit at its address there. So a
+    deploy can start the new release's container beside the running one (in the other
+    slot), move the proxy to it and stop the old one: one container start per deploy.
 
     Locked down: no capabilities, no privilege gain, a read-only root file system (with
     /tmp in memory), and limits on memory, CPU and processes, so one tenant can neither
@@ -134,7 +140,6 @@ def tenant_service(project: Project, tenant: Tenant, image: str, settings_digest
             {"type": "bind", "source": folder, "target": mount, "read_only": True},
             {"type": "bind", "source": _from_tenant_file(MEDIA_DIR, tenant.name), "target": MEDIA_MOUNT},
         ],
-        "ports": [f"127.0.0.1:{tenant.port}:{APP_PORT}"],
         "mem_limit": tenant.memory,
         "cpus": tenant.cpus,
         "pids_limit": PIDS_LIMIT,
@@ -143,11 +148,13 @@ def tenant_service(project: Project, tenant: Tenant, image: str, settings_digest
         "read_only": True,
         "tmpfs": ["/tmp:size=64m,mode=1777"],
         "restart": "unless-stopped",
-        "networks": {names.network: {"aliases": [names.backend_host]}},
+        "networks": {names.network: {"aliases": [names.backend_host, names.slot_host(slot)]}},
         # The settings module is mounted, not part of the image: its digest in a label makes
         # Compose recreate the container when it changes.
-        "labels": {"tenantkit.tenant": tenant.name, "tenantkit.settings": settings_digest},
+        "labels": {"tenantkit.tenant": tenant.name, "tenantkit.settings": settings_digest, SLOT_LABEL: slot},
     }
+    if project.proxy.mode is not ProxyMode.COMPOSE:  # the host's Apache, or users, reach it on loopback
+        service["ports"] = [f"127.0.0.1:{tenant.port}:{APP_PORT}"]
     if project.dev:  # the working tree, live: edits show up without a rebuild
         source = posixpath.relpath(project.source.as_posix(), project.tenant_compose_dir.as_posix())
         service["volumes"].insert(0, {"type": "bind", "source": source, "target": "/app", "read_only": True})
@@ -155,12 +162,12 @@ def tenant_service(project: Project, tenant: Tenant, image: str, settings_digest
 
 
 def render_tenant_compose(project: Project, tenant: Tenant, image: str, subnet: str,
-                          settings_digest: str = "") -> dict:
+                          settings_digest: str = "", slot: str = "a") -> dict:
     """compose/tenants/NAME.yaml: the tenant's service and its network, on its own subnet."""
     names = tenant.names
     return {
         "name": project.name,
-        "services": {names.service: tenant_service(project, tenant, image, settings_digest, subnet)},
+        "services": {names.service: tenant_service(project, tenant, image, settings_digest, subnet, slot)},
         "networks": {names.network: {"ipam": {"config": [{"subnet": subnet}]}}},
     }
 

@@ -2,6 +2,8 @@
 from ..model import Project, ProxyMode, Tenant
 from . import environment
 
+SLOTS = ("a", "b")  # as act.state.SLOTS: render does not import act
+
 
 def render_settings(project: Project, tenant: Tenant, site_url: str,
                     db_host: str | None = None, db_port: int | None = None) -> str:
@@ -14,5 +16,6 @@ def render_settings(project: Project, tenant: Tenant, site_url: str,
         db_port=str(db_port or project.database.port),
         site_url=site_url,
         debug=tenant.debug or project.dev,
-        backend_host=tenant.names.backend_host if project.proxy.mode is ProxyMode.COMPOSE else "",
+        backend_hosts=[tenant.names.backend_host, *(tenant.names.slot_host(slot) for slot in SLOTS)]
+        if project.proxy.mode is ProxyMode.COMPOSE else [],
     )
