@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..model import Project, Tenant
+import psycopg2
+import psycopg2.errors
+
+from ..model import Project, Tenant, TenantNames
 from . import database, engine
 from .engine import OperationFailed, tail
 from .files import atomic_write
@@ -83,15 +87,72 @@ def needs_migrate(graph: list, applied: set | None) -> bool:
     return False
 
 
-def pending_tenants(project: Project, client, tenants: list[Tenant], found: dict,
-                    images: dict[str, str]) -> list[Tenant]:
-    """The tenants whose databases lack a migration of `image`'s code.
+READERS = 16  # databases read at a time: psycopg2 releases the GIL while it waits on the server
+UNSETTLED = "tenantkit: %"  # the COMMENT ON DATABASE of one being made (restore, rollback, copy)
+
+
+def _read_applied(project: Project, names: TenantNames) -> set[tuple[str, str]] | None:
+    """The (app, name) rows of one database's django_migrations (one query on a new
+    connection); None when the database or the table does not exist."""
+    try:
+        conn = database.admin_connect(project, names.database, retry=False)
+    except psycopg2.OperationalError:
+        return None
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT app, name FROM django_migrations")
+            return set(cur.fetchall())
+    except psycopg2.errors.UndefinedTable:
+        return None
+    finally:
+        conn.close()
+
+
+def applied_by_tenant(project: Project, tenants: list[Tenant],
+                      threads: int = READERS) -> dict[str, set[tuple[str, str]] | None]:
+    """The migrations recorded in each tenant's database, by tenant name, read concurrently;
+    None for a tenant whose database or django_migrations table is missing.
+
+    One look at the server's database list first: a missing database then costs no
+    failed connection, and an unreachable server answers None for every tenant at once
+    instead of a connect timeout per tenant. A database that tenantkit marks as still
+    being made (a restore, a rollback's swap, a copy a crash interrupted) counts as
+    missing: provisioning is what finishes or repairs it."""
+    if not tenants:
+        return {}
+    try:
+        conn = database.admin_connect(project, retry=False)
+    except psycopg2.OperationalError:
+        return {t.name: None for t in tenants}
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT datname FROM pg_database WHERE coalesce(shobj_description(oid, 'pg_database'), '') "
+                        "NOT LIKE %s", (UNSETTLED,))
+            existing = {row[0] for row in cur.fetchall()}
+    finally:
+        conn.close()
+    present = [t for t in tenants if t.names.database in existing]
+    applied: dict[str, set[tuple[str, str]] | None] = {t.name: None for t in tenants}
+    if present:
+        with ThreadPoolExecutor(max_workers=min(threads, len(present))) as pool:
+            for tenant, rows in zip(present, pool.map(lambda t: _read_applied(project, t.names), present)):
+                applied[tenant.name] = rows
+    return applied
+
+
+def pending_of(project: Project, client, tenants: list[Tenant], found: dict, images: dict[str, str],
+               applied: dict[str, set | None]) -> list[Tenant]:
+    """The tenants whose recorded migrations (`applied`) lack one of their image's graph.
 
     A tenant with no migrations recorded needs them without asking the code; for the
-    others one look at the release's graph answers for all of them at once.
-    """
-    applied = {t.name: database.applied_migrations(project, t.names) for t in tenants}
+    others one look at the release's graph answers for all of them at once."""
     known = [t for t in tenants if applied[t.name] is not None]
     graphs = migration_graphs(project, client, known, found, images) if known else {}
     return [t for t in tenants
             if applied[t.name] is None or needs_migrate(graphs[graph_key(t, images)], applied[t.name])]
+
+
+def pending_tenants(project: Project, client, tenants: list[Tenant], found: dict,
+                    images: dict[str, str]) -> list[Tenant]:
+    """The tenants whose databases lack a migration of their image's code."""
+    return pending_of(project, client, tenants, found, images, applied_by_tenant(project, tenants))

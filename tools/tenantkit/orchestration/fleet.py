@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..act import database, engine
+from ..act import engine, migrations
 from ..act.files import locked
-from ..act.migrations import MIGRATE, graph_key, in_tenant, migration_graphs, needs_migrate, runs_current_image
+from ..act.migrations import MIGRATE, in_tenant, runs_current_image
 from ..model import Project, Tenant, load_tenants
 from . import stack
 
@@ -117,30 +117,56 @@ def across(tenants: list[Tenant], work: Callable[[Tenant], Outcome], jobs: int, 
 
 
 def migrate(project: Project, names: Iterable[str] = (), all_: bool = False, jobs: int = 4,
-            report: Report = stack.quiet) -> tuple[list[Outcome], Path]:
-    """Bring tenants' databases up to the current release; migrate only where work is pending."""
+            report: Report = stack.quiet) -> tuple[list[Outcome], Path | None]:
+    """Bring tenants' databases up to the current release; migrate only where work is pending.
+
+    One pass reads every chosen database's django_migrations at once and compares it with
+    its image's (cached) graph. When nothing is pending, that is all: no network, container,
+    provisioning or log file per tenant. The tenants with work (a missing database or table,
+    a pending migration) go the full way, and the run's log folder (None when there was no
+    work) holds their outputs.
+    """
     stack.select(load_tenants(project), names, all_)
     client = engine.connect()
     with locked(project):
         rendered = stack.render(project, None if all_ else names)
         chosen = stack.select(rendered.tenants, names, all_)
         stack.ensure_images(client, project, rendered, report, names=[t.name for t in chosen])
-        stack.start_database(client, project, chosen, report)
-        stack.provision(project, chosen)
         found = engine.containers(client, project)
-        graphs = migration_graphs(project, client, chosen, found, rendered.images)
+        candidates = migrations.pending_of(project, client, chosen, found, rendered.images,
+                                           migrations.applied_by_tenant(project, chosen))
+        pending = _prepare(client, project, candidates, found, rendered, report) if candidates else []
+        report(work_summary(chosen, pending))
+        if not pending:
+            return [Outcome(t.name, "up-to-date", 0.0) for t in chosen], None
         folder = run_dir(project, "migrate")
 
         def work(tenant: Tenant) -> Outcome:
             started = time.monotonic()
-            if not needs_migrate(graphs[graph_key(tenant, rendered.images)],
-                                 database.applied_migrations(project, tenant.names)):
-                return Outcome(tenant.name, "up-to-date", time.monotonic() - started)
             code, output = in_tenant(project, tenant, MIGRATE,
                                      runs_current_image(found, tenant, rendered.images[tenant.name]))
             return Outcome(tenant.name, "ok" if code == 0 else "failed", time.monotonic() - started, output, code)
 
-        return across(chosen, work, jobs, folder, report), folder
+        done = {o.tenant: o for o in across(pending, work, jobs, folder, report)}
+        return [done.get(t.name) or Outcome(t.name, "up-to-date", 0.0) for t in chosen], folder
+
+
+def _prepare(client, project: Project, candidates: list[Tenant], found: dict, rendered: stack.Rendered,
+             report: Report) -> list[Tenant]:
+    """Start the database for the tenants that may have work and provision theirs; return
+    those that still have work: asked again, since the first look cannot see into a
+    database on a server that was down (a stopped compose db: every tenant looks new)."""
+    stack.start_database(client, project, candidates, report)
+    # A database made now is a copy of its release's template where there is one: up to date.
+    stack.provision(project, candidates, report, stack.template_keys(client, project, candidates, rendered.images))
+    return migrations.pending_of(project, client, candidates, found, rendered.images,
+                                 migrations.applied_by_tenant(project, candidates))
+
+
+def work_summary(chosen: list[Tenant], pending: list[Tenant]) -> str:
+    """The line saying how many tenants were up to date, and which ones had work."""
+    line = f"{len(chosen) - len(pending)} of {len(chosen)} tenants up to date"
+    return line + (f"; migrating {', '.join(t.name for t in pending)}" if pending else "")
 
 
 def manage_all(project: Project, args: list[str], jobs: int = 4,
