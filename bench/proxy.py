@@ -1,4 +1,4 @@
-"""Apache proxy overhead: the same tenant through the proxy and on its own published port.
+"""Apache proxy overhead: the same tenant through the proxy and at its own container's address.
 
 Prints requests per second and median/p99 latency of each, and the throughput ratio
 (target: proxy >= 0.9 of direct). Uses ApacheBench (`ab`, from apache2-utils) with a
@@ -15,12 +15,14 @@ import shutil
 import statistics
 import subprocess
 
-from common import bench_project, cli, free_port
+import docker
+
+from common import bench_project, cli, free_port, project_name, tenant_address
 
 
-def ab(port: int, host: str, path: str, requests: int, concurrency: int) -> dict:
+def ab(where: str, host: str, path: str, requests: int, concurrency: int) -> dict:
     out = subprocess.run(["ab", "-q", "-k", "-n", str(requests), "-c", str(concurrency), "-H", f"Host: {host}",
-                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
+                          f"http://{where}{path}"], capture_output=True, text=True, check=True).stdout
     failed = int(re.search(r"Failed requests:\s+(\d+)", out).group(1))
     non_2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
     return {
@@ -46,14 +48,15 @@ def main() -> None:
     with bench_project("tkproxy", proxy__port=proxy_port) as root:
         cli(root, "new", "acme", "--workers", str(args.workers))
         cli(root, "up", "acme")
-        port = int(re.search(r"^port: (\d+)$", (root / "tenants" / "acme" / "tenant.yaml").read_text(),
-                             re.M).group(1))
-        ab(port, "acme.localhost", args.path, 300, args.concurrency)  # warm up both paths
-        ab(proxy_port, "acme.localhost", args.path, 300, args.concurrency)
+        # The tenant's own container, at its address on its network (it publishes no port).
+        own = f"{tenant_address(docker.from_env(), project_name(root), 'acme')}:8000"
+        through = f"127.0.0.1:{proxy_port}"
+        ab(own, "acme.localhost", args.path, 300, args.concurrency)  # warm up both paths
+        ab(through, "acme.localhost", args.path, 300, args.concurrency)
         direct, proxied = [], []
         for _ in range(args.rounds):
-            direct.append(ab(port, "acme.localhost", args.path, args.requests, args.concurrency))
-            proxied.append(ab(proxy_port, "acme.localhost", args.path, args.requests, args.concurrency))
+            direct.append(ab(own, "acme.localhost", args.path, args.requests, args.concurrency))
+            proxied.append(ab(through, "acme.localhost", args.path, args.requests, args.concurrency))
 
     def summary(runs):
         return {key: statistics.median(run[key] for run in runs) for key in ("rps", "p50", "p99")} | {
