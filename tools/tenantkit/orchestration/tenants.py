@@ -135,13 +135,14 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
         chosen = [t for t in chosen if t not in failures]
         image_ids = {image: engine.image_id(client, image) for image in {rendered.images[t.name] for t in chosen}}
         stale = [t for t in chosen if not rendered.is_current(t, before.get(t.names.service), image_ids)]
-        if stale:
-            report(f"starting {', '.join(t.name for t in stale)}")
-            stack.start_services(client, project, stale, rendered, image_ids)
         with ThreadPoolExecutor(max_workers=1) as pool:
             # A recreated container has a new address, which Apache only learns on a reload:
-            # one graceful reload for the batch, while the containers boot.
+            # one graceful reload for the batch, sent as the containers start (a new Apache
+            # generation takes about a second to take over).
             reloaded = pool.submit(stack.reload_proxy, client, project, chosen, report, bool(stale))
+            if stale:
+                report(f"starting {', '.join(t.name for t in stale)}")
+                stack.start_services(client, project, stale, rendered, image_ids)
             health.wait_healthy(client, project, chosen, report)
             reloaded.result()
         _deploy_checks(client, project, [t for t in stale if t in chosen], rendered, report)
