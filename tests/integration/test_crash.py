@@ -192,7 +192,8 @@ def test_deploy_killed_at_any_step_completes_when_run_again(releases, step):
     crash.killed("deploy", "2", name, failpoint=f"deploy:{step}")
     assert crash.get(name, "/healthz/").status_code == 200  # served throughout, by one slot or the other
     run = crash.ok("deploy", "2", name, "--json")
-    assert json.loads(run.out)[0]["result"] == ("up-to-date" if step == "done" else "ok")
+    # Killed when done, it may have left the old container stopping: the run again removes it.
+    assert json.loads(run.out)[0]["result"] in (("ok", "up-to-date") if step == "done" else ("ok",))
     assert crash.get(name, "/healthz/").status_code == 200
     project = yaml.safe_load((crash.root / "tenantkit.yaml").read_text())["name"]
     mine = [line for line in subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}} {{.Image}}"],

@@ -37,6 +37,14 @@ def in_tenant(project: Project, tenant: Tenant, command: list[str], running: boo
     return result.returncode, result.stdout or ""
 
 
+def exec_in(client, container_id: str, command: list[str]) -> tuple[int, str]:
+    """Run a command in a running container of the tenant (as its user, in /app) and
+    capture its output: one engine call, no Compose and no container start."""
+    run = client.api.exec_create(container_id, command)
+    output = client.api.exec_start(run["Id"]).decode(errors="replace")
+    return client.api.exec_inspect(run["Id"])["ExitCode"], output
+
+
 def graph_key(tenant: Tenant, images: dict[str, str]) -> tuple:
     return images[tenant.name], tenant.apps
 

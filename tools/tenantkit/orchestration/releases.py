@@ -14,7 +14,8 @@ from dataclasses import asdict
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable
 
 import docker.errors
 import filelock
@@ -127,13 +128,31 @@ def _route_to_live_slot(client, project: Project, tenant: Tenant) -> None:
     health.wait_routed(project, [tenant])
 
 
-def _switch_slots(client, project: Project, tenant: Tenant, slot: str, report: Report) -> None:
+def _retire(client, container: engine.Container) -> None:
+    """Stop a container the proxy no longer sends requests to (those in flight on it
+    complete: gunicorn's graceful stop) and remove it."""
+    try:
+        client.api.stop(container.id, timeout=20)
+        client.api.remove_container(container.id, force=True)
+    except docker.errors.APIError:
+        pass  # gone already; or left over, and the tenant's next `up` or deploy removes it
+
+
+def _now(work) -> None:
+    work()
+
+
+def _switch_slots(client, project: Project, tenant: Tenant, slot: str, report: Report,
+                  retire: Callable[[Callable[[], None]], object] = _now,
+                  prepare: Callable[[engine.Container], None] | None = None) -> None:
     """Serve the tenant from a container of its (already rendered) new definition, started
     in `slot` beside the running one: when it answers, the proxy moves to it and the old
     container stops (finishing the requests it has). One container start, no gap.
 
     Every step looks at what is there, so a deploy run again after a kill goes on from
-    where it stopped."""
+    where it stopped. `prepare` runs in the new container before it is waited for (a
+    deploy's migrations). `retire` runs the old container's stop (a deploy runs it beside
+    the next tenants: a graceful stop takes a second or two, and nothing waits on it)."""
     service = tenant.names.service
 
     def in_slot() -> tuple[list[engine.Container], list[engine.Container]]:
@@ -156,17 +175,15 @@ def _switch_slots(client, project: Project, tenant: Tenant, slot: str, report: R
     if new[0].state is not ContainerState.RUNNING:
         client.api.start(new[0].id)
         new, old = in_slot()
+    if prepare is not None:
+        prepare(new[0])
     health.wait_container(client, project, tenant, new[0], NEXT_HEALTH_TIMEOUT)
     report(f"{tenant.name}: new release answers; switching traffic")
     failpoint("deploy", "next-started")
     _route_to_live_slot(client, project, tenant)
     failpoint("deploy", "switched")
     for container in old:
-        try:
-            client.api.stop(container.id, timeout=20)  # requests still in flight on it complete
-            client.api.remove_container(container.id, force=True)
-        except docker.errors.NotFound:
-            pass
+        retire(lambda c=container: _retire(client, c))
 
 
 def _recreate(client, project: Project, tenant: Tenant) -> None:
@@ -184,7 +201,7 @@ def _uses_slots(project: Project, running: bool) -> bool:
 
 
 def _deploy_one(client, project: Project, tenant: Tenant, version: str, rendered_image: str,
-                report: Report) -> Outcome:
+                report: Report, retire: Callable[[Callable[[], None]], object] = _now) -> Outcome:
     """Deploy one tenant: record the release, back up and migrate only when the release has
     migrations this database lacks, then start the new container beside the old one and
     switch (or recreate in place, without the compose proxy).
@@ -232,15 +249,25 @@ def _deploy_one(client, project: Project, tenant: Tenant, version: str, rendered
                 with state.update(project) as changed:
                     changed.set_runtime(tenant.name, backup=saved)
                 failpoint("deploy", "backed-up")
-            code, output = migrations.in_tenant(project, tenant, migrations.MIGRATE, False)
+        else:
+            report(f"{tenant.name}: no migrations to apply, so no backup is needed")
+
+        def migrate(container: engine.Container | None) -> None:
+            """In the new release's container, before anything is routed to it (no second
+            container start); in a one-off container when the tenant is recreated in place."""
+            if container is not None:
+                code, output = migrations.exec_in(client, container.id, migrations.MIGRATE)
+            else:
+                code, output = migrations.in_tenant(project, tenant, migrations.MIGRATE, False)
             if code != 0:
                 raise OperationFailed(f"migrate failed:\n{tail(output)}")
             failpoint("deploy", "migrated")
-        else:
-            report(f"{tenant.name}: no migrations to apply, so no backup is needed")
+
         if slots:
-            _switch_slots(client, project, tenant, slot, report)
+            _switch_slots(client, project, tenant, slot, report, retire, migrate if schema_changes else None)
         else:
+            if schema_changes:
+                migrate(None)
             _recreate(client, project, tenant)
     except Exception as exc:
         report(f"{tenant.name}: FAILED, staying on {previous or 'its previous image'}")
@@ -283,8 +310,9 @@ def deploy(project: Project, version: str, names: Iterable[str] = (), keep_going
                 if tenant.release and tenant.release != version:  # named explicitly: move its pin
                     stack.write_tenant_yaml(project, replace(tenant, release=version))
         rendered = stack.render(project, [t.name for t in chosen])
-        outcomes = across(chosen, lambda t: _deploy_one(client, project, t, version, rendered.images[t.name], report),
-                          jobs, None, report, keep_going)
+        with ThreadPoolExecutor(max_workers=jobs) as retiring:  # old containers stop while others deploy
+            outcomes = across(chosen, lambda t: _deploy_one(client, project, t, version, rendered.images[t.name],
+                                                            report, retiring.submit), jobs, None, report, keep_going)
         if not names and not any(o.failed for o in outcomes):
             with state.update(project) as current:
                 current.current = version
