@@ -224,3 +224,11 @@ def test_a_failing_migrate_is_an_outcome_that_failed(project, monkeypatch):
     outcomes, folder = fleet.migrate(project, all_=True)
     assert [(o.tenant, o.result, o.exit_code) for o in outcomes] == [("a", "up-to-date", 0), ("b", "failed", 3)]
     assert (folder / "b.log").read_text() == "migrated b\n"
+
+
+def test_every_mark_of_a_database_being_made_is_one_the_fast_read_skips():
+    from tenantkit.act import database
+    for mark in (database.RESTORING, database.LOADED, database.CLONING):
+        assert mark.startswith(database.UNSETTLED_PREFIX)
+    assert migrations.UNSETTLED == database.UNSETTLED_PREFIX + "%"
+    assert not database._template_comment(SimpleNamespace(name="p"), "x").startswith(database.UNSETTLED_PREFIX)

@@ -54,6 +54,8 @@ def harden_server(conn) -> None:
             cur.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
 
 
+# COMMENT ON DATABASE of one that is being made (each starts with UNSETTLED_PREFIX):
+UNSETTLED_PREFIX = "tenantkit: "
 RESTORING = "tenantkit: restore in progress"  # COMMENT ON DATABASE while an archive loads into it
 LOADED = "tenantkit: restored"  # a rollback's scratch copy, complete and ready to swap in
 

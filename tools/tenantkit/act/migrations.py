@@ -96,7 +96,7 @@ def needs_migrate(graph: list, applied: set | None) -> bool:
 
 
 READERS = 16  # databases read at a time: psycopg2 releases the GIL while it waits on the server
-UNSETTLED = "tenantkit: %"  # the COMMENT ON DATABASE of one being made (restore, rollback, copy)
+UNSETTLED = database.UNSETTLED_PREFIX + "%"  # the COMMENT ON DATABASE of one being made (restore, rollback, copy)
 
 
 def _read_applied(project: Project, names: TenantNames) -> set[tuple[str, str]] | None:
