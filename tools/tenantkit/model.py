@@ -49,6 +49,9 @@ class ConfigError(Exception):
     """Bad input that the user can fix; the CLI prints it on one line and exits 2."""
 
 
+SLOTS = ("a", "b")  # a tenant's two container slots: a deploy starts the new release in the idle one
+
+
 @dataclass(frozen=True)
 class TenantNames:
     """Every name derived from a tenant's name, in one place so they never drift apart."""

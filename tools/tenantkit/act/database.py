@@ -387,17 +387,17 @@ def database_sizes(conn) -> dict[str, int]:
 
 
 def applied_migrations(project: Project, names: TenantNames) -> set[tuple[str, str]] | None:
-    """The (app, name) migrations recorded in the tenant's database; None when it has none yet."""
+    """The (app, name) migrations recorded in the tenant's database; None when it has none
+    yet (no database, or no django_migrations table). One query on a new connection."""
     try:
         conn = admin_connect(project, names.database, retry=False)
     except psycopg2.OperationalError:
         return None
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT to_regclass('django_migrations') IS NOT NULL")
-            if not cur.fetchone()[0]:
-                return None
             cur.execute("SELECT app, name FROM django_migrations")
             return set(cur.fetchall())
+    except psycopg2.errors.UndefinedTable:
+        return None
     finally:
         conn.close()

@@ -7,9 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg2
-import psycopg2.errors
 
-from ..model import Project, Tenant, TenantNames
+from ..model import Project, Tenant
 from . import database, engine
 from .engine import OperationFailed, tail
 from .files import atomic_write
@@ -99,23 +98,6 @@ READERS = 16  # databases read at a time: psycopg2 releases the GIL while it wai
 UNSETTLED = database.UNSETTLED_PREFIX + "%"  # the COMMENT ON DATABASE of one being made (restore, rollback, copy)
 
 
-def _read_applied(project: Project, names: TenantNames) -> set[tuple[str, str]] | None:
-    """The (app, name) rows of one database's django_migrations (one query on a new
-    connection); None when the database or the table does not exist."""
-    try:
-        conn = database.admin_connect(project, names.database, retry=False)
-    except psycopg2.OperationalError:
-        return None
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT app, name FROM django_migrations")
-            return set(cur.fetchall())
-    except psycopg2.errors.UndefinedTable:
-        return None
-    finally:
-        conn.close()
-
-
 def applied_by_tenant(project: Project, tenants: list[Tenant],
                       threads: int = READERS) -> dict[str, set[tuple[str, str]] | None]:
     """The migrations recorded in each tenant's database, by tenant name, read concurrently;
@@ -143,7 +125,7 @@ def applied_by_tenant(project: Project, tenants: list[Tenant],
     applied: dict[str, set[tuple[str, str]] | None] = {t.name: None for t in tenants}
     if present:
         with ThreadPoolExecutor(max_workers=min(threads, len(present))) as pool:
-            for tenant, rows in zip(present, pool.map(lambda t: _read_applied(project, t.names), present)):
+            for tenant, rows in zip(present, pool.map(lambda t: database.applied_migrations(project, t.names), present)):
                 applied[tenant.name] = rows
     return applied
 

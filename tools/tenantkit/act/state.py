@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
-from ..model import ConfigError, Project, Tenant, display_path
+from ..model import SLOTS, ConfigError, Project, Tenant, display_path
 from .files import atomic_write, locked
 
 VERSION = 1
@@ -54,9 +54,6 @@ class TenantRuntime:
     def switching(self) -> bool:
         """A deploy started a container in the other slot and has not finished moving to it."""
         return self.routed_slot != self.live_slot
-
-
-SLOTS = ("a", "b")  # a tenant's two container slots: a deploy starts the new release in the idle one
 
 
 def other_slot(slot: str) -> str:

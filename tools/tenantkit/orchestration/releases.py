@@ -86,9 +86,14 @@ def list_releases(project: Project) -> list[dict]:
     return rows
 
 
+def _deploy_file_lock(project: Project) -> filelock.FileLock:
+    """.tenantkit/deploy.lock, taken without waiting: one deploy or rollback at a time."""
+    return filelock.FileLock(str(project.state_dir / "deploy.lock"), timeout=0)
+
+
 def _deploy_lock(project: Project):
     project.state_dir.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(project.state_dir / "deploy.lock"), timeout=0)
+    lock = _deploy_file_lock(project)
     try:
         lock.acquire()
     except filelock.Timeout:
@@ -99,7 +104,7 @@ def _deploy_lock(project: Project):
 
 def deploy_running(project: Project) -> bool:
     """Whether a deploy or rollback holds the deploy lock now."""
-    lock = filelock.FileLock(str(project.state_dir / "deploy.lock"), timeout=0)
+    lock = _deploy_file_lock(project)
     try:
         lock.acquire()
     except filelock.Timeout:

@@ -350,16 +350,15 @@ def ensure_database(client, project: Project, report: Report = quiet) -> None:
     database.admin_connect(project).close()  # retried while the server starts
 
 
-def connect_networks(client, project: Project, tenants: list[Tenant], created: bool = False) -> None:
-    """Make sure each tenant's network exists with the database on it. `created`: Compose
-    just made the tenants' containers (and networks), so only the database is attached.
+def connect_networks(client, project: Project, tenants: list[Tenant]) -> None:
+    """Make sure each tenant's network exists with the database on it.
 
     The database joins a tenant's network by an attach, never by Compose: Compose would
     recreate the shared database's container to change its networks."""
     members = {t.name: engine.network_members(client, project.network_name(t.names)) for t in tenants}
     db = engine.container(client, project, "db") if project.database.service else None
     missing = [t for t in tenants if members[t.name] is None]
-    if missing and not created:
+    if missing:
         check_network_pool(client, project)  # before Compose creates a network
         # Creates the networks (and containers, unstarted) without touching the database and
         # without recreating a running tenant: that is `up -d`'s job, after migrations.
@@ -431,7 +430,8 @@ def provision(project: Project, tenants: list[Tenant], report: Report = quiet,
     return outcomes
 
 
-def template_keys(client, project: Project, tenants: list[Tenant], images: dict[str, str]) -> dict[str, str]:
+def template_keys(client, project: Project, tenants: list[Tenant], images: dict[str, str],
+                  image_ids: dict[str, str | None] | None = None) -> dict[str, str]:
     """The template each tenant's new database may be copied from, by tenant name: one per
     image and what else decides the schema (extra apps, and Python files the tenant
     carries in its folder, such as local_settings.py or an app of its own).
@@ -439,8 +439,13 @@ def template_keys(client, project: Project, tenants: list[Tenant], images: dict[
     None for the project (database.templates: false) or for an image that is missing."""
     if not project.database.templates or project.dev:
         return {}
-    ids = {image: engine.image_id(client, image) for image in {images[t.name] for t in tenants}}
-    return {t.name: schema_key(t, ids[images[t.name]]) for t in tenants if ids[images[t.name]]}
+    ids = image_ids if image_ids is not None else image_ids_of(client, images, tenants)
+    return {t.name: schema_key(t, ids[images[t.name]]) for t in tenants if ids.get(images[t.name])}
+
+
+def image_ids_of(client, images: dict[str, str], tenants: list[Tenant]) -> dict[str, str | None]:
+    """The id each of these tenants' image tags names now (one inspect per distinct image)."""
+    return {image: engine.image_id(client, image) for image in {images[t.name] for t in tenants}}
 
 
 def schema_key(tenant: Tenant, image_id: str, extra: str = "") -> str:
@@ -532,6 +537,6 @@ def remove_tenant_runtime(client, project: Project, tenant: Tenant) -> None:
 __all__ = [
     "Report", "Rendered", "quiet", "checked", "select", "write_tenant_yaml", "ensure_tenant_files",
     "write_settings", "next_port", "render", "current_config", "forget", "ensure_images", "check_network_pool",
-    "start_database", "ensure_database", "connect_networks", "start_services", "compose_services", "provision", "template_keys", "schema_key", "project_digest", "make_templates", "connection_limit", "migrate_tenant", "migrate_many", "reload_proxy",
+    "start_database", "ensure_database", "connect_networks", "start_services", "compose_services", "provision", "template_keys", "image_ids_of", "schema_key", "project_digest", "make_templates", "connection_limit", "migrate_tenant", "migrate_many", "reload_proxy",
     "remove_tenant_runtime",
 ]

@@ -117,7 +117,8 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
         only = chosen[0].names.service if len(chosen) == 1 else None
         before = engine.containers(client, project, only)
         stack.ensure_database(client, project, report)
-        keys = stack.template_keys(client, project, chosen, rendered.images)
+        image_ids = stack.image_ids_of(client, rendered.images, chosen)
+        keys = stack.template_keys(client, project, chosen, rendered.images, image_ids)
         with ThreadPoolExecutor(max_workers=1) as pool:
             # Networks (with the database on them) and unstarted containers for tenants that
             # have none, while their databases are made.
@@ -133,7 +134,6 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
                 engine.compose(project, "rm", "-f", "-s", tenant.names.service, tenant=tenant, check=False)
         stack.make_templates(client, project, [t for t in fresh if t not in failures], keys, report)
         chosen = [t for t in chosen if t not in failures]
-        image_ids = {image: engine.image_id(client, image) for image in {rendered.images[t.name] for t in chosen}}
         stale = [t for t in chosen if not rendered.is_current(t, before.get(t.names.service), image_ids)]
         with ThreadPoolExecutor(max_workers=1) as pool:
             # A recreated container has a new address, which Apache only learns on a reload:
@@ -145,7 +145,7 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
                 stack.start_services(client, project, stale, rendered, image_ids)
             health.wait_healthy(client, project, chosen, report)
             reloaded.result()
-        _deploy_checks(client, project, [t for t in stale if t in chosen], rendered, report)
+        _deploy_checks(project, [t for t in stale if t in chosen], rendered, image_ids, report)
         health.wait_routed(project, chosen)
     if failures:  # the others are up; the command still fails, naming each failure
         raise OperationFailed("\n".join(str(error) for error in failures.values()))
@@ -173,19 +173,20 @@ def _finish_switches(project: Project, tenants: list[Tenant]) -> None:
 CHECK_DEPLOY = ["python", "manage.py", "check", "--deploy", "--fail-level", "CRITICAL"]
 
 
-def _deploy_checks(client, project: Project, tenants: list[Tenant], rendered: stack.Rendered,
-                   report: Report) -> None:
+def _deploy_checks(project: Project, tenants: list[Tenant], rendered: stack.Rendered,
+                   image_ids: dict[str, str | None], report: Report) -> None:
     """Django's `check --deploy` in each started tenant; its warnings shown on one line per
     tenant. Kept by what decides them (the image, the tenant's own code and apps, DEBUG,
     tenantkit's settings template), so the same kind of tenant is checked once."""
     from .fleet import run_each
 
     folder = project.cache_dir / "deploy-checks"
-    ids = {image: engine.image_id(client, image) for image in {rendered.images[t.name] for t in tenants}}
+    settings_digest = stack.project_digest(project)
 
     def one(tenant: Tenant) -> None:
-        kind = stack.schema_key(tenant, ids[rendered.images[tenant.name]] or "", f"debug={tenant.debug or project.dev}")
-        cached = folder / f"{hashlib.sha256((kind + stack.project_digest(project)).encode()).hexdigest()[:24]}.txt"
+        kind = stack.schema_key(tenant, image_ids.get(rendered.images[tenant.name]) or "",
+                                f"debug={tenant.debug or project.dev}")
+        cached = folder / f"{hashlib.sha256((kind + settings_digest).encode()).hexdigest()[:24]}.txt"
         if cached.is_file():
             found = cached.read_text().split()
         else:

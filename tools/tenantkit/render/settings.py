@@ -1,8 +1,6 @@
 """Render a tenant's settings.py in the seed's style."""
-from ..model import Project, ProxyMode, Tenant
+from ..model import SLOTS, Project, ProxyMode, Tenant
 from . import environment
-
-SLOTS = ("a", "b")  # as act.state.SLOTS: render does not import act
 
 
 def render_settings(project: Project, tenant: Tenant, site_url: str,
