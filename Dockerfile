@@ -48,5 +48,8 @@ RUN mkdir -p /srv/tenants /opt/tenantkit/assets \
 
 # Tenants never run as root; their media folders are owned by this uid on the host.
 USER 10001:10001
+# The user has no home; /tmp is writable (a tmpfs in tenants' containers): gunicorn 25.1+
+# puts its control socket under $HOME.
+ENV HOME=/tmp
 EXPOSE 8000
 CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--preload", "django.core.wsgi:get_wsgi_application()"]

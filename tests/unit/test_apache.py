@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tenantkit.model import ConfigError, Tenant, load_project
-from tenantkit.render.apache import (DEFAULT_SITE, apache_path, host_layout, proxy_layout, render_proxy_vhost,
-                                     render_sites)
+from tenantkit.render.apache import (DEFAULT_SITE, MAINTENANCE_RETRY_AFTER, UNAVAILABLE_PATH, UNAVAILABLE_RETRY_AFTER,
+                                     apache_path, host_layout, proxy_layout, render_proxy_vhost, render_sites)
 from tests.conftest import write_project
 from tests.integration.host_apache import APACHE, HostApache
 
@@ -178,3 +178,58 @@ def test_apache_serves_an_uploaded_page_as_a_sandboxed_download(project, tmp_pat
                 assert headers.get("Content-Disposition") == expected, (name, headers.get("Content-Type"))
         finally:
             apache.stop()
+
+
+def test_the_maintenance_page_and_the_unavailable_notice_declare_utf8_and_a_retry_after(project):
+    for maintenance, retry_after in ((True, MAINTENANCE_RETRY_AFTER), (False, UNAVAILABLE_RETRY_AFTER)):
+        text = render_proxy_vhost(tenant(project, "acme", 8101, maintenance=maintenance, title="Café"),
+                                  proxy_layout(project), IMAGE)
+        assert 'Header always set Content-Type "text/html; charset=utf-8"' in text
+        assert f'Header always set Retry-After "{retry_after}"' in text
+        page = next(line for line in text.splitlines() if 'ErrorDocument 503 "' in line)
+        assert "<meta charset=utf-8>" in page and "Café" in page
+
+
+def test_proxy_errors_become_the_notice_and_the_containers_own_errors_pass(project):
+    for layout in (proxy_layout(project), host_layout(project, 8088)):
+        text = render_proxy_vhost(tenant(project, "acme", 8101, title="Acme & Co"), layout, IMAGE)
+        for status in (500, 502, 503):
+            assert f"ErrorDocument {status} {UNAVAILABLE_PATH}" in text
+        assert not re.search(r"^\s*ProxyErrorOverride", text, re.M)  # Django's own error pages stay its own
+        notice = re.search(r'<Location "%s">(.*?)</Location>' % UNAVAILABLE_PATH, text, re.S).group(1)
+        assert "<h1>Acme &amp; Co is not available right now</h1>" in notice
+        assert 'ProxyPass "/_tenantkit/" "!"' in text
+
+
+def test_the_compose_proxy_follows_the_slot_name_so_a_stopped_container_fails_fast(project):
+    text = render_proxy_vhost(tenant(project, "acme", 8101), proxy_layout(project), IMAGE)
+    member = next(line for line in text.splitlines() if "BalancerMember" in line)
+    assert "addressttl=1" in member and "connectiontimeout=2" in member
+
+
+def test_a_tenant_that_cannot_be_reached_answers_503_with_its_notice_in_utf8(project, tmp_path):
+    """The host's Apache proxying to loopback ports where nothing listens (connection refused,
+    Apache's own 503), beside a tenant in maintenance: real requests, real headers."""
+    port = free_port()
+    titles = ["Café Crème", *HOSTILE_TITLES]
+    tenants = [tenant(project, f"t{i}", free_port(), title=title) for i, title in enumerate(titles)]
+    tenants.append(tenant(project, "maint", free_port(), title="Café Crème", maintenance=True))
+    project.logs_dir.mkdir(parents=True)
+    apache = host_apache(tmp_path / "apache", port, render_sites(project, tenants, IMAGE, host_layout(project, port)))
+    apache.start()
+    try:
+        for t in tenants:
+            code, headers, body = get(apache.port, t.primary_host, "/some/page")
+            assert code == 503, t.name
+            assert headers["Content-Type"] == "text/html; charset=utf-8", t.name
+            text = html.unescape(body.decode("utf-8"))
+            if t.maintenance:
+                assert headers["Retry-After"] == str(MAINTENANCE_RETRY_AFTER)
+                assert f"<h1>{t.title} is down for maintenance</h1>" in text
+            else:
+                assert headers["Retry-After"] == str(UNAVAILABLE_RETRY_AFTER)
+                assert f"<h1>{t.title} is not available right now</h1>" in text
+            assert "Proxy Error" not in text and "127.0.0.1" not in text and str(t.port) not in text
+            assert b"root:" not in body
+    finally:
+        apache.stop()

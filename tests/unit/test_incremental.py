@@ -36,7 +36,9 @@ def test_set_rewrites_only_that_tenant(project_dir):
         ok(project_dir, "new", name)
     before = generated(project_dir)
     ok(project_dir, "set", "zed", "title=Zed & Sons")
-    assert changed(before, generated(project_dir)) == {"compose/tenants/zed.yaml", "tenants/zed/settings.py"}
+    # The vhost too: its maintenance and unavailable pages name the site.
+    assert changed(before, generated(project_dir)) == {"compose/tenants/zed.yaml", "tenants/zed/settings.py",
+                                                       "compose/apache/sites/zed.conf"}
     before = generated(project_dir)
     ok(project_dir, "set", "zed", "hosts=zed.localhost,www.zed.test")
     assert changed(before, generated(project_dir)) == {

@@ -17,6 +17,13 @@ SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+@=,-]*")
 # Apache evaluates an ErrorDocument string as an expression (%{file:...}, $1, \ escapes):
 # these characters reach it only as HTML character references.
 APACHE_EXPR_CHARS = str.maketrans({char: f"&#{ord(char)};" for char in "%${}\\"})
+# Retry-After of a tenant's 503s, in seconds: maintenance lasts an operator's few minutes; a
+# tenant that cannot be reached is most often being restarted, and back within a minute.
+MAINTENANCE_RETRY_AFTER = 300
+UNAVAILABLE_RETRY_AFTER = 60
+# Where a tenant's vhost sends Apache's own proxy errors to become its "not available" notice:
+# reserved in every tenant's URL space, like /_content/ and /_assets/.
+UNAVAILABLE_PATH = "/_tenantkit/unavailable"
 
 
 def apache_path(path: str) -> str:
@@ -81,12 +88,16 @@ def render_proxy_vhost(tenant: Tenant, layout: ProxyLayout, image: str, slot: st
         health_path=layout.health_path,
         health_interval=layout.health_interval,
         title_html=maintenance_title(tenant.title),
+        maintenance_retry_after=MAINTENANCE_RETRY_AFTER,
+        unavailable_retry_after=UNAVAILABLE_RETRY_AFTER,
+        unavailable_path=UNAVAILABLE_PATH,
     )
 
 
 def maintenance_title(title: str) -> str:
-    """The title as HTML that Apache keeps as it is: no quote ends the ErrorDocument string,
-    and no expression or backreference syntax survives to be evaluated."""
+    """The title as HTML that Apache keeps as it is: no quote ends the ErrorDocument string
+    (of the maintenance page or of the "not available" notice), and no expression or
+    backreference syntax survives to be evaluated."""
     return html.escape(title, quote=True).translate(APACHE_EXPR_CHARS)
 
 

@@ -75,6 +75,10 @@ def gunicorn_command(project: Project, tenant: Tenant, subnet: str | None = None
     the request's scheme); from anyone else, such as a process on the host reaching the
     published port, it is ignored.
 
+    gunicorn 25.1+ opens a control socket under $HOME, which is / for the container's user:
+    read-only, so an ERROR at every start. The service's HOME is /tmp (its tmpfs) instead
+    of a flag that older gunicorn (in a release image built before) would refuse.
+
     In dev mode: Django's own autoreloading server, which restarts on Python changes and
     watches template folders (resetting the cached template loaders) from the start.
     """
@@ -135,6 +139,7 @@ def tenant_service(project: Project, tenant: Tenant, image: str, settings_digest
             "TENANTKIT_MEDIA_ROOT": MEDIA_MOUNT,
             "TENANTKIT_HEALTH_HOST": tenant.primary_host,
             "TENANTKIT_HEALTH_PATH": project.health_path,
+            "HOME": "/tmp",  # writable (tmpfs): gunicorn's control socket, and any dotfile a library wants
         },
         "volumes": [
             {"type": "bind", "source": folder, "target": mount, "read_only": True},
