@@ -5,6 +5,7 @@ session; tenantkit itself brings it up, since bringing it up is what is under te
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -116,6 +117,31 @@ class Stack:
     def db_port(self) -> int:
         text = (self.root / "tenantkit.yaml").read_text()
         return int(re.search(r"publish_port: (\d+)", text).group(1))
+
+
+@contextlib.contextmanager
+def own_stack(prefix: str, tenants: tuple[str, ...]):
+    """A project of a test module's own (compose project PREFIX<pid>, free ports), with
+    these tenants up; torn down at the end with its volumes and its own image tags
+    (projects built from the demo share image ids: other projects' tags stay)."""
+    root = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    os.chmod(root, 0o755)
+    name = f"{prefix}{os.getpid()}"
+    write_project(root, name=name, database__publish_port=free_port(), ports__first=free_port(),
+                  proxy__port=free_port())
+    s = Stack(root)
+    try:
+        for tenant in tenants:
+            s.ok("new", tenant)
+        s.ok("up", "--all")
+        yield s
+    finally:
+        subprocess.run(["docker", "compose", "-f", str(root / "compose" / "compose.yaml"), "down", "-v", "-t", "2"],
+                       capture_output=True)
+        for image in docker.from_env().images.list(name=f"{name}/*"):
+            for tag in [t for t in image.tags if t.startswith(f"{name}/")]:
+                subprocess.run(["docker", "rmi", tag], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def demo_copy_project(prefix: str) -> tuple[Path, dict[str, int]]:

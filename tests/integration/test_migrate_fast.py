@@ -6,16 +6,13 @@ Runs on a project of its own (two tenants up), torn down at the end of the modul
 import json
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_project
-from tests.integration.conftest import Stack, free_port
+from tests.integration.conftest import Stack, own_stack
 
 DROP_NOTES = ("from django.db import connection; "
               "connection.cursor().execute('DROP TABLE IF EXISTS notes_note')")
@@ -25,20 +22,8 @@ BLOCK_NOTES = ("from django.db import connection; "
 
 @pytest.fixture(scope="module")
 def fleet():
-    root = Path(tempfile.mkdtemp(prefix="tkmig-"))
-    os.chmod(root, 0o755)
-    write_project(root, name=f"tkmig{os.getpid()}", database__publish_port=free_port(),
-                  ports__first=free_port(), proxy__port=free_port())
-    s = Stack(root)
-    try:
-        for name in ("mfa", "mfb"):
-            s.ok("new", name)
-        s.ok("up", "--all")
+    with own_stack("tkmig", ("mfa", "mfb")) as s:
         yield s
-    finally:
-        subprocess.run(["docker", "compose", "-f", str(root / "compose" / "compose.yaml"), "down", "-v", "-t", "2"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def project_name(s: Stack) -> str:

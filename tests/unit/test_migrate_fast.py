@@ -1,6 +1,7 @@
 """A no-op `migrate --all` is one concurrent read of every tenant's django_migrations:
 which tenants have work, and what is done for them, decided without a daemon (the
 database server and the steps around it are fakes here)."""
+import json
 import os
 import threading
 from types import SimpleNamespace
@@ -114,22 +115,48 @@ def test_only_tenants_missing_a_migration_of_their_graph_are_pending(project, mo
     images = {t.name: "app:1" for t in tenants}
     asked = []
 
-    def graphs(project_, client, chosen, found, images_):
+    def graphs(project_, client, chosen, found, images_, broken=None):
         asked.append([t.name for t in chosen])
         return {migrations.graph_key(t, images_): GRAPH for t in chosen}
 
     monkeypatch.setattr(migrations, "migration_graphs", graphs)
     applied = {"done": {("notes", "0001_initial"), ("notes", "0002_tags")},
                "behind": {("notes", "0001_initial")}, "empty": None}
-    pending = migrations.pending_of(project, None, tenants, {}, images, applied)
-    assert [t.name for t in pending] == ["behind", "empty"]
+    pending, broken = migrations.pending_of(project, None, tenants, {}, images, applied)
+    assert [t.name for t in pending] == ["behind", "empty"] and broken == {}
     assert asked == [["done", "behind"]]  # a database with nothing recorded needs no graph
 
 
 def test_no_graph_is_read_when_no_tenant_has_migrations_recorded(project, monkeypatch):
     monkeypatch.setattr(migrations, "migration_graphs", lambda *a: pytest.fail("graph read"))
-    pending = migrations.pending_of(project, None, [tenant(project, "new")], {}, {"new": "app:1"}, {"new": None})
+    pending, _ = migrations.pending_of(project, None, [tenant(project, "new")], {}, {"new": "app:1"}, {"new": None})
     assert [t.name for t in pending] == ["new"]
+
+
+def test_a_tenant_whose_graph_cannot_be_read_is_broken_and_the_others_are_still_checked(project, monkeypatch):
+    tenants = [tenant(project, name, 8101 + i) for i, name in enumerate(("ok", "bad"))]
+    images = {t.name: "app:1" for t in tenants}
+    tenants[1].path.mkdir(parents=True)
+    (tenants[1].path / "local_settings.py").write_text("raise ImportError('no')\n")  # a kind of its own
+
+    def read(project_, tenant_, command, running, env=None):
+        if tenant_.name == "bad":
+            return 1, "Traceback (most recent call last):\n  File \"settings.py\"\nImportError: no\n"
+        return 0, json.dumps(GRAPH) + "\n"
+
+    monkeypatch.setattr(migrations, "in_tenant", read)
+    monkeypatch.setattr(migrations, "_graph_cache", lambda *a: None)
+    applied = {"ok": {("notes", "0001_initial")}, "bad": {("notes", "0001_initial")}}
+    pending, broken = migrations.pending_of(project, None, tenants, {}, images, applied)
+    assert [t.name for t in pending] == ["ok"]
+    assert list(broken) == ["bad"] and "ImportError: no" in broken["bad"]
+    with pytest.raises(migrations.SettingsBroken, match="tenant bad: its settings do not load"):
+        migrations.migration_graphs(project, None, tenants, {}, images)
+    # A failure that is not Python's (Compose, the engine) is not a broken tenant: it stops the run.
+    monkeypatch.setattr(migrations, "in_tenant", lambda *a: (1, "Error response from daemon: no such image\n"))
+    with pytest.raises(migrations.OperationFailed, match="no such image") as raised:
+        migrations.pending_of(project, None, tenants, {}, images, applied)
+    assert not isinstance(raised.value, migrations.SettingsBroken)
 
 
 def test_a_squashed_migration_counts_as_applied_when_all_it_replaces_are():
@@ -152,7 +179,7 @@ class FakeFleet:
         self.calls: list[tuple[str, list[str]]] = []
         self.reads = list(reads)
         self.codes = codes or {}
-        rendered = SimpleNamespace(tenants=tenants, images={t.name: "app:1" for t in tenants})
+        rendered = SimpleNamespace(tenants=tenants, images={t.name: "app:1" for t in tenants}, rejected={})
 
         def record(step):
             def call(*args, **kw):
@@ -164,11 +191,13 @@ class FakeFleet:
         monkeypatch.setattr(fleet.engine, "containers", lambda *a, **kw: {})
         monkeypatch.setattr(fleet.stack, "render", lambda *a, **kw: rendered)
         monkeypatch.setattr(fleet.stack, "ensure_images", lambda *a, **kw: None)
+        monkeypatch.setattr(fleet.stack, "unbuilt", lambda *a, **kw: {})
         monkeypatch.setattr(fleet.stack, "start_database", record("start_database"))
         monkeypatch.setattr(fleet.stack, "provision", record("provision"))
         monkeypatch.setattr(fleet.stack, "template_keys", lambda *a, **kw: {})
         monkeypatch.setattr(fleet.migrations, "migration_graphs",
-                            lambda p, c, chosen, f, images: {migrations.graph_key(t, images): GRAPH for t in chosen})
+                            lambda p, c, chosen, f, images, broken=None: {
+                                migrations.graph_key(t, images): GRAPH for t in chosen})
         monkeypatch.setattr(fleet.migrations, "applied_by_tenant", self.read)
         monkeypatch.setattr(fleet, "in_tenant", self.run)
 
@@ -177,7 +206,7 @@ class FakeFleet:
         answer = self.reads.pop(0)
         return {t.name: answer.get(t.name) for t in tenants}
 
-    def run(self, project, tenant, command, running):
+    def run(self, project, tenant, command, running, env=None):
         self.calls.append(("migrate", [tenant.name]))
         return self.codes.get(tenant.name, 0), f"migrated {tenant.name}\n"
 

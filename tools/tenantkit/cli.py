@@ -7,21 +7,35 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import click
 
 from . import orchestration as orch
-from .act.engine import OperationFailed
-from .model import ConfigError, Project, find_root, load_project
+from . import progress
+from .act.engine import OperationFailed, PartlyFailed
+from .model import ConfigError, Project, display_path, find_root, load_project
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
+def invoked_as() -> str:
+    """How the user ran this tool, for the commands a hint suggests: `tenant` when that is
+    what PATH finds, else the path they typed (tools/tenant from a checkout)."""
+    typed = sys.argv[0] if sys.argv and sys.argv[0] else "tenant"
+    if os.path.basename(typed) != "tenant" or not os.path.dirname(typed):
+        return "tenant"
+    on_path = shutil.which("tenant")
+    if on_path and os.path.realpath(on_path) == os.path.realpath(typed):
+        return "tenant"
+    return typed
+
+
 def report(message: str) -> None:
     """Progress goes to stderr, so stdout stays clean for data (--json)."""
-    click.echo(f"· {message}", err=True)
+    progress.echo(f"· {message}")
 
 
 
@@ -64,7 +78,7 @@ def new(ctx, name, hosts, title, memory, workers):
     tenant = orch.new(_project(ctx), name, hosts, title, memory, workers)
     click.echo(f"created tenant {tenant.name} in tenants/{tenant.name}/ "
                f"(hosts: {', '.join(tenant.hosts)}; port {tenant.port})")
-    click.echo(f"start it with: tenant up {tenant.name}")
+    click.echo(f"start it with: {invoked_as()} up {tenant.name}")
 
 
 @cli.command()
@@ -74,6 +88,10 @@ def render(ctx):
     rendered = orch.render(_project(ctx))
     click.echo(f"rendered {len(rendered.tenants)} tenant(s) into compose/compose.yaml "
                f"(image {rendered.image})")
+    if rendered.rejected:
+        raise OperationFailed("\n".join(
+            f"tenant {name}: {problem.splitlines()[0]}; its running container keeps the settings.py it has "
+            f"(fix tenants/{name}/tenant.yaml)" for name, problem in rendered.rejected.items()))
 
 
 @cli.command()
@@ -91,7 +109,13 @@ def build(ctx, force):
 def up(ctx, names, all_):
     """Start tenants: build, create databases, migrate, run, wait until healthy."""
     project = _project(ctx)
-    for tenant in orch.up(project, names, all_, report):
+    try:
+        started = orch.up(project, names, all_, report)
+    except PartlyFailed as partly:  # the ones that are up are listed all the same
+        for tenant in partly.done:
+            click.echo(f"{tenant.name}\t{project.tenant_url(tenant)}")
+        raise
+    for tenant in started:
         click.echo(f"{tenant.name}\t{project.tenant_url(tenant)}")
 
 
@@ -115,8 +139,23 @@ def list_(ctx, as_json):
         click.echo(json.dumps([row.to_dict() for row in rows], indent=2))
         return
     table = [("NAME", "STATE", "HEALTH", "URL", "DATABASE", "HOSTS")]
-    table += [(r.name, r.state, r.health or "-", r.url, r.database, ",".join(r.hosts)) for r in rows]
+    table += [(r.name, r.state + (" (maintenance)" if r.maintenance else ""), r.health or "-", r.url, r.database,
+               ",".join(r.hosts)) for r in rows]
     print_table(table)
+
+
+def duration(seconds: int | None) -> str:
+    """An uptime as people read it: 45s, 11m26s, 3h05m, 2d4h."""
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def print_outcomes(outcomes, folder: Path | None, verb: str, as_json: bool) -> None:
@@ -142,14 +181,25 @@ def print_outcomes(outcomes, folder: Path | None, verb: str, as_json: bool) -> N
 @click.option("--json", "as_json", is_flag=True, help="With --all: print the outcomes as JSON.")
 @click.argument("words", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def manage(ctx, all_, jobs, as_json, words):
-    """Run a manage.py command: tenant manage acme -- migrate --plan | tenant manage --all -- check"""
+@click.option("--env", "-e", "env_vars", multiple=True, metavar="NAME[=VALUE]",
+              help="Set a variable in the command's environment (NAME alone: its value here), like "
+                   "`docker run -e`; repeatable. Also accepted after the tenant's name.")
+def manage(ctx, all_, jobs, as_json, env_vars, words):
+    """Run a manage.py command: tenant manage acme -- migrate --plan | tenant manage --all -- check
+
+    Standard input reaches the command: echo 'print(42)' | tenant manage acme -- shell"""
     words = list(words)
+    env_vars = list(env_vars)
+    # `tenant manage acme -e NAME=VALUE -- command`: options between the name and `--`.
+    while len(words) >= 3 and words[1] in ("-e", "--env") and "--" in words:
+        env_vars.append(words[2])
+        del words[1:3]
+    env = environment(env_vars)
     if all_:
         command = words[1:] if words[:1] == ["--"] else words
         if not command:
             raise click.UsageError("give the manage.py command after --, such as: tenant manage --all -- check")
-        outcomes, folder = orch.manage_all(_project(ctx), command, jobs, report)
+        outcomes, folder = orch.manage_all(_project(ctx), command, jobs, report, env)
         print_outcomes(outcomes, folder, "manage", as_json)
         return
     if not words or words[0] == "--":
@@ -160,7 +210,26 @@ def manage(ctx, all_, jobs, as_json, words):
     if not command:
         raise click.UsageError("give the manage.py command after --, such as: tenant manage acme -- check")
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    ctx.exit(orch.manage(_project(ctx), name, command, interactive))
+    ctx.exit(orch.manage(_project(ctx), name, command, interactive, env))
+
+
+def environment(assignments: list[str]) -> dict[str, str]:
+    """-e NAME=VALUE / -e NAME (its value in this environment; unset: not passed, as
+    `docker run` does) as a mapping."""
+    env = {}
+    for assignment in assignments:
+        name, found, value = assignment.partition("=")
+        if not name.isidentifier():
+            raise click.UsageError(f"-e {assignment!r}: give NAME=VALUE or NAME, such as -e DJANGO_SUPERUSER_EMAIL")
+        if name in ("PATH", "HOME") or name.startswith(("DOCKER_", "COMPOSE_", "LD_")):
+            # Compose itself reads them (they reach the command through its environment).
+            raise click.UsageError(f"-e {name}: variables named PATH, HOME, DOCKER_*, COMPOSE_* or LD_* cannot be "
+                                   "passed; give the command another name for it")
+        if found:
+            env[name] = value
+        elif name in os.environ:
+            env[name] = os.environ[name]
+    return env
 
 
 @cli.command()
@@ -194,7 +263,7 @@ def status(ctx, names, as_json):
     for r in rows:
         table.append((r["name"], r["state"] + (" (maintenance)" if r["maintenance"] else ""), r["health"] or "-",
                       "-" if r["memory_mib"] is None else f"{r['memory_mib']}MiB",
-                      "-" if r["uptime_seconds"] is None else f"{r['uptime_seconds']}s",
+                      duration(r["uptime_seconds"]),
                       size(r["database_bytes"]),
                       "-" if r["connections"] is None else f"{r['connections']}/{r['connection_limit']}",
                       r["image"] or "-"))
@@ -269,22 +338,87 @@ def set_(ctx, name, assignments):
     Lists are comma-separated: tenant set acme hosts=acme.localhost,www.acme.example.com
     """
     tenant = orch.set_values(_project(ctx), name, assignments)
-    click.echo(f"{tenant.name}: tenant.yaml updated; apply it with `tenant up {tenant.name}`")
+    click.echo(f"{tenant.name}: tenant.yaml updated; apply it with `{invoked_as()} up {tenant.name}`")
 
 
-@cli.command()
+class CommandWithSubcommands(click.Group):
+    """A command that also has subcommands: when the first argument names one
+    (`tenant backup prune`), that subcommand runs; otherwise the command itself does, with
+    its own arguments (`tenant backup acme beta`, `tenant backup --all`). A tenant named like
+    a subcommand is given after `--`: `tenant backup -- prune`."""
+
+    allow_interspersed_args = True  # `tenant backup acme --json`, as before it had subcommands
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("invoke_without_command", True)
+        kwargs.setdefault("subcommand_metavar", "| COMMAND [ARGS]...")
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] in self.commands:
+            ctx.meta[f"tenantkit.{self.name}.subcommand"] = args
+            return []
+        return click.Command.parse_args(self, ctx, args)
+
+    def invoke(self, ctx: click.Context):
+        args = ctx.meta.pop(f"tenantkit.{self.name}.subcommand", None)
+        if args is None:
+            return click.Command.invoke(self, ctx)
+        name, command, rest = self.resolve_command(ctx, args)
+        # A sibling of this command's context, so its usage reads `tenant backup prune`
+        # (under this context, click would put [NAMES]... between the two words).
+        with command.make_context(f"{ctx.info_name} {name}", rest, parent=ctx.parent) as sub:
+            return sub.command.invoke(sub)
+
+
+@cli.group(cls=CommandWithSubcommands)
 @click.argument("names", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Every tenant.")
 @click.option("--with-secrets", is_flag=True, help="Include secrets.env (the archive is mode 0600).")
 @click.option("--json", "as_json", is_flag=True, help="Print the archive paths as JSON.")
 @click.pass_context
 def backup(ctx, names, all_, with_secrets, as_json):
-    """Archive tenants: database dump, media and tenant folder, with checksums."""
-    paths = orch.backup(_project(ctx), names, all_, with_secrets, report)
+    """Archive tenants: database dump, media and tenant folder, with checksums.
+
+    tenant backup acme beta | tenant backup --all: one archive per tenant in the backups
+    folder; then backups.keep (when set in tenantkit.yaml) prunes their older archives.
+    tenant backup prune: apply a retention now (see `tenant backup prune --help`)."""
+    try:
+        paths = orch.backup(_project(ctx), names, all_, with_secrets, report)
+    except PartlyFailed as partly:  # the archives that were made are listed all the same
+        click.echo(json.dumps([str(p) for p in partly.done]) if as_json else "\n".join(map(str, partly.done)))
+        raise
     if as_json:
         click.echo(json.dumps([str(p) for p in paths]))
     for path in [] if as_json else paths:
         click.echo(str(path))
+
+
+@backup.command("prune")
+@click.option("--keep", type=click.IntRange(1), metavar="N",
+              help="Archives to keep per tenant, newest first (default: backups.keep in tenantkit.yaml).")
+@click.option("--removed", is_flag=True,
+              help="Also prune archives of removed tenants (the newest, the one `tenant rm` made, always stays).")
+@click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print every archive's decision as JSON.")
+@click.pass_context
+def backup_prune(ctx, keep, removed, dry_run, as_json):
+    """Remove old archives: keep the newest N of each tenant.
+
+    Never removed: a tenant's newest archive, a pre-deploy backup `tenant rollback` may
+    restore, the archive of a `tenant rm` under way, and archives of removed tenants
+    (unless --removed)."""
+    decisions = orch.prune_backups(_project(ctx), keep, removed, dry_run, report)
+    if as_json:
+        click.echo(json.dumps([d.to_dict(dry_run) for d in decisions], indent=2))
+        return
+    table = [("ACTION", "TENANT", "ARCHIVE", "WHY")]
+    table += [(d.to_dict(dry_run)["action"], d.archive.tenant, display_path(d.archive.path), d.why)
+              for d in decisions]
+    if decisions:
+        print_table(table)
+    gone = sum(1 for d in decisions if not d.keep)
+    click.echo(f"{'would remove' if dry_run else 'removed'} {gone} of {len(decisions)} archive(s)")
 
 
 @cli.command()
@@ -345,12 +479,12 @@ def import_(ctx, path, move):
     tenants = orch.import_classic(_project(ctx), path, move, report)
     for tenant in tenants:
         click.echo(f"{tenant.name}\t{', '.join(tenant.hosts)}\tdatabase {tenant.names.database}")
-    click.echo(f"start them with: tenant up {' '.join(t.name for t in tenants)}")
+    click.echo(f"start them with: {invoked_as()} up {' '.join(t.name for t in tenants)}")
 
 
 @cli.group()
 def release():
-    """Build releases: immutable images of the project's code."""
+    """Build and remove releases: immutable images of the project's code."""
 
 
 @release.command("build")
@@ -365,19 +499,69 @@ def release_build(ctx, version, force, as_json):
                f"release {record['version']}: {record['image']} (source {record['revision'] or 'not a git checkout'})")
 
 
+def print_removal(outcome: dict, as_json: bool) -> None:
+    """What `release rm` or `release prune` removed (or would), and what it kept and why."""
+    if as_json:
+        click.echo(json.dumps(outcome, indent=2))
+        return
+    verb = "would remove" if outcome["dry_run"] else "removed"
+    table = [("RELEASE", "ACTION", "DETAIL")]
+    for r in outcome["removed"]:
+        detail = ", ".join(r["untag"]) or "image already gone"
+        detail += " (image deleted)" if r["image_deleted"] else ""
+        table.append((r["version"], verb, detail + (f"; {display_path(Path(r['assets']))}" if r["assets"] else "")))
+    table += [(k["version"], "keep", k["why"]) for k in outcome["kept"]]
+    if len(table) > 1:
+        print_table(table)
+    click.echo(f"{verb} {len(outcome['removed'])} release(s)")
+
+
+@release.command("rm")
+@click.argument("versions", nargs=-1, required=True, metavar="VERSION...")
+@click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
+@click.pass_context
+def release_rm(ctx, versions, dry_run, as_json):
+    """Remove releases: image tag (the image too when nothing else needs it), assets, record.
+
+    Refused, with nothing removed, for a release a tenant is pinned to, runs (a deploy in
+    flight included) or may roll back to, and for the current release."""
+    print_removal(orch.remove_releases(_project(ctx), versions, dry_run, report), as_json)
+
+
+@release.command("prune")
+@click.option("--keep", type=click.IntRange(0), required=True, metavar="N",
+              help="Newest releases (by build time) to keep, besides those in use.")
+@click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was removed and kept as JSON.")
+@click.pass_context
+def release_prune(ctx, keep, dry_run, as_json):
+    """Remove all releases but the N newest and those in use or that a rollback may need."""
+    print_removal(orch.prune_releases(_project(ctx), keep, dry_run, report), as_json)
+
+
 @cli.command("releases")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context
 def releases_(ctx, as_json):
-    """List releases, which one is current, and which tenants run which."""
-    rows = orch.list_releases(_project(ctx))
+    """List releases and the working tree, which one is current, and which tenants run which.
+
+    Every tenant is in exactly one row, the one whose image it runs; ROLLBACK lists the
+    tenants `tenant rollback` would return to that row."""
+    project = _project(ctx)
+    rows = orch.list_releases(project)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = [("", "VERSION", "BUILT", "REVISION", "TENANTS")]
-    table += [("*" if r["current"] else "", r["version"], r["built"], (r["revision"] or "-")[:12],
-               ",".join(r["tenants"]) or "-") for r in rows]
+    names = {"working-tree": "(working tree)", "image": "(image)"}
+    table = [("", "VERSION", "BUILT", "REVISION", "IMAGE", "TENANTS", "ROLLBACK")]
+    table += [("*" if r["current"] else "", r["version"] or names[r["kind"]], r["built"] or "-",
+               (r["revision"] or "-")[:12], r["image"], ",".join(r["tenants"]) or "-", ",".join(r["rollback"]) or "-")
+              for r in rows]
     print_table(table)
+    click.echo("\n* current: what new tenants start on; a `tenant deploy` to all tenants makes its release current"
+               + ("\ndev mode is on: every tenant runs the working tree (`tenant dev off` ends it)"
+                  if project.dev else ""))
 
 
 @cli.command()
@@ -413,10 +597,41 @@ def dev(ctx, switch):
         click.echo(f"{tenant.name}\t{project.tenant_url(tenant)}")
 
 
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Settings checks at a time.")
+@click.pass_context
+def doctor(ctx, names, as_json, jobs):
+    """Check the engine, Compose, network pool, database, proxy, ports, settings and leftovers,
+    naming the fix for each problem; changes nothing. Exit 1 when a check failed.
+
+    With NAMES, the checks about tenants (settings, ports, vhosts) look at those only."""
+    findings = orch.doctor(_project(ctx), names, jobs, report)
+    counts = {status: sum(1 for f in findings if f.status == status) for status in ("ok", "warn", "fail")}
+    if as_json:
+        click.echo(json.dumps({"ok": counts["fail"] == 0, "counts": counts,
+                               "checks": [f.to_dict() for f in findings]}, indent=2))
+    else:
+        colours = {"ok": "green", "warn": "yellow", "fail": "red"}
+        width = max(len(f.check) for f in findings)
+        for f in findings:
+            click.echo(f"{click.style(f.status.upper().ljust(4), fg=colours[f.status], bold=f.status != 'ok')}  "
+                       f"{f.check.ljust(width)}  {f.message}")
+            if f.fix:
+                click.echo(f"{'':4}  {'':{width}}  fix: {f.fix}")
+        click.echo(f"\n{counts['fail']} failed, {counts['warn']} warning{'' if counts['warn'] == 1 else 's'}, "
+                   f"{counts['ok']} ok")
+    if counts["fail"]:
+        ctx.exit(EXIT_FAILED)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn errors into one line and an exit code."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv or os.environ.get("TENANTKIT_DEBUG") == "1"
+    progress.use_bars(sys.stderr.isatty() and os.environ.get("TERM") != "dumb")
     try:
         code = cli.main(args=argv, prog_name="tenant", standalone_mode=False)
     except click.exceptions.Exit as exc:

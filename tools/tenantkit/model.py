@@ -184,6 +184,7 @@ class Project:
     proxy: Proxy = Proxy()
     networks: NetworkPool = NetworkPool()
     backups_dir: Path | None = None
+    backups_keep: int | None = None  # `backups.keep`: archives kept per tenant (None: all of them)
     dev: bool = False  # `tenant dev on`: tenants run the working tree with reloading
 
     @property
@@ -605,7 +606,7 @@ def load_project(root: Path) -> Project:
         raise db.error("admin_password_file", "an external database server needs an admin_password_file")
 
     wheelhouse = top.get("wheelhouse", check_text, None)
-    backups = top.get("backups", check_text, "backups")
+    backups, backups_keep = _backups_config(top)
     ports = top.section("ports")
     first_port = ports.get("first", check_port, 8101)
     ports.done()
@@ -643,9 +644,21 @@ def load_project(root: Path) -> Project:
         root=root, name=name, source=source, settings=settings, requirements=requirements,
         health_path=health_path, domain=domain, images=images, database=database,
         wheelhouse=(root / wheelhouse) if wheelhouse else None, first_port=first_port,
-        defaults=defaults, proxy=proxy, networks=networks, backups_dir=root / backups,
+        defaults=defaults, proxy=proxy, networks=networks, backups_dir=root / backups, backups_keep=backups_keep,
         dev=(root / ".tenantkit" / "dev").exists(),
     )
+
+
+def _backups_config(top: Fields) -> tuple[str, int | None]:
+    """`backups: FOLDER` (as it always was), or `backups: {folder: FOLDER, keep: N}`: the
+    folder, and how many archives of each tenant retention keeps (None: every one)."""
+    if not isinstance(top.data.get("backups"), dict):
+        return top.get("backups", check_text, "backups"), None
+    section = top.section("backups")
+    folder = section.get("folder", check_text, "backups")
+    keep = section.get("keep", lambda v: check_count(v, 1, 100000), None)
+    section.done()
+    return folder, keep
 
 
 def _one_of(choices):
@@ -913,4 +926,4 @@ def check_hosts_free(hosts: Iterable[str], others: Iterable[Tenant], except_name
         clash = wanted & set(other.hosts) if other.name != except_name else set()
         if clash:
             raise ConfigError(f"host {sorted(clash)[0]!r} is already used by tenant {other.name!r}; "
-                              "choose another --host")
+                              "choose another host name")

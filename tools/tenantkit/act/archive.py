@@ -63,10 +63,11 @@ def archive_name(tenant: str, now: dt.datetime | None = None) -> str:
     return f"{tenant}-{now.strftime('%Y%m%dT%H%M%SZ')}.tar.gz"
 
 
-def members(tenant_dir: Path, media_dir: Path, dump: Path, secrets: bool) -> list[tuple[str, Path]]:
+def members(tenant_dir: Path, media_dir: Path, dump: Path | None, secrets: bool) -> list[tuple[str, Path]]:
     """(name in the archive, file on disk) of everything a backup holds. Symlinks are
-    never followed: only regular files are archived."""
-    files = [(DUMP, dump)]
+    never followed: only regular files are archived. No dump: the tenant has no database
+    yet (it never started), and its archive holds its folder and media only."""
+    files = [(DUMP, dump)] if dump is not None else []
     for path in sorted(tenant_dir.rglob("*")):
         relative = path.relative_to(tenant_dir)
         if not path.is_file() or path.is_symlink() or relative.parts[0] in SKIP_IN_FOLDER:
@@ -197,8 +198,8 @@ def unpack(archive: Path, into: Path, limit: int | None = None) -> Manifest:
     extra = sorted(seen - set(files) - {MANIFEST})
     if extra:
         raise _refuse(where, f"holds {extra[0]!r}, which its manifest does not list")
-    if DUMP not in files or f"tenant/{TENANT_FILE}" not in files:
-        raise _refuse(where, f"lists no {DUMP} or tenant/{TENANT_FILE}")
+    if f"tenant/{TENANT_FILE}" not in files:  # a dump is absent for a tenant that never started
+        raise _refuse(where, f"lists no tenant/{TENANT_FILE}")
     for name, checksum in files.items():
         path = into / name
         if name not in seen or not path.is_file() or _sha256(path) != checksum:

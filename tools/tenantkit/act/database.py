@@ -401,3 +401,66 @@ def applied_migrations(project: Project, names: TenantNames) -> set[tuple[str, s
         return None
     finally:
         conn.close()
+
+
+# ---------------------------------------------------------------------------
+# Read-only looks for `tenant doctor`: one query each, whatever the number of tenants.
+
+def swap_names(names: TenantNames) -> tuple[str, str]:
+    """The scratch databases a replacement of the tenant's database uses (see
+    replace_database): they belong to the tenant while a rollback's swap is unfinished."""
+    return _scratch(names)
+
+
+@dataclass(frozen=True)
+class Server:
+    """What the server says about itself: its version and connection budget."""
+
+    version: str
+    version_num: int
+    max_connections: int
+    reserved: int  # superuser_reserved_connections: not for tenants
+    in_use: int
+
+
+def server(conn) -> Server:
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_setting('server_version'), current_setting('server_version_num')::int, "
+                    "current_setting('max_connections')::int, "
+                    "current_setting('superuser_reserved_connections')::int, "
+                    "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')")
+        version, number, limit, reserved, in_use = cur.fetchone()
+    return Server(version.split()[0], number, limit, reserved, in_use)
+
+
+@dataclass(frozen=True)
+class DatabaseInfo:
+    name: str
+    owner: str
+    comment: str
+    is_template: bool
+    bytes: int | None  # None for templates (not measured)
+
+
+def inventory(conn) -> list[DatabaseInfo]:
+    """Every database on the server with its owner, comment and size (one query)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT d.datname, pg_get_userbyid(d.datdba), coalesce(shobj_description(d.oid, 'pg_database'), ''), "
+                    "d.datistemplate, CASE WHEN d.datistemplate OR NOT d.datallowconn THEN NULL "
+                    "ELSE pg_database_size(d.oid) END FROM pg_database d ORDER BY d.datname")
+        return [DatabaseInfo(*row) for row in cur.fetchall()]
+
+
+@dataclass(frozen=True)
+class RoleInfo:
+    name: str
+    can_login: bool
+    powerful: bool  # superuser, or may create roles or databases: never a tenant's
+
+
+def login_roles(conn) -> list[RoleInfo]:
+    """Every role that can log in, PostgreSQL's own (pg_*) excepted (one query)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT rolname, rolcanlogin, rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication "
+                    "OR rolbypassrls FROM pg_roles WHERE rolcanlogin AND rolname NOT LIKE 'pg\\_%' ORDER BY rolname")
+        return [RoleInfo(*row) for row in cur.fetchall()]

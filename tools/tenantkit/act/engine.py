@@ -10,6 +10,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import requests
 
 from ..model import OWNER_LABEL, ConfigError, Project, Tenant
 
@@ -19,6 +20,14 @@ ENGINE_HINT = ("start one with `make engine` (installs and starts Docker on Debi
 
 class OperationFailed(Exception):
     """A step against a real system failed; the CLI prints it and exits 1."""
+
+
+class PartlyFailed(OperationFailed):
+    """Some tenants failed and the others were done (`done`: what a command returns for them)."""
+
+    def __init__(self, message: str, done: list):
+        super().__init__(message)
+        self.done = done
 
 
 def connect() -> docker.DockerClient:
@@ -40,15 +49,21 @@ def compose_command(project: Project, tenant: Tenant | None = None) -> list[str]
 
 
 def compose(project: Project, *args: str, tenant: Tenant | None = None, capture: bool = True,
-            check: bool = True, interactive: bool = False) -> subprocess.CompletedProcess:
-    """Run `docker compose ARGS` on the project's compose file (or on `tenant`'s own)."""
+            check: bool = True, interactive: bool = False, stdin: bool = False,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `docker compose ARGS` on the project's compose file (or on `tenant`'s own).
+
+    `stdin`: Compose reads this process's standard input (interactive implies it). `env`:
+    variables added to Compose's environment (where `-e NAME` takes their values from, so
+    values never show in a process list)."""
     command = [*compose_command(project, tenant), *args]
     # One tenant's file does not name the other services: they are not orphans.
-    env = {**os.environ, "COMPOSE_IGNORE_ORPHANS": "1"} if tenant is not None else None
+    extra = {"COMPOSE_IGNORE_ORPHANS": "1"} if tenant is not None else {}
+    extra.update(env or {})
     try:
         result = subprocess.run(
-            command, cwd=project.root, text=True, env=env,
-            stdin=None if interactive else subprocess.DEVNULL,
+            command, cwd=project.root, text=True, env={**os.environ, **extra} if extra else None,
+            stdin=None if interactive or stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE if capture else None,
             stderr=subprocess.STDOUT if capture else None,
         )
@@ -249,3 +264,109 @@ def neighbour_table_warning(tenants: int) -> str | None:
             f"more than net.ipv4.neigh.default.gc_thresh3 ({limit}); raise it (as root: sysctl -w "
             "net.ipv4.neigh.default.gc_thresh3=65536, with gc_thresh2=32768 and gc_thresh1=8192), "
             "or connections will stall")
+
+
+# ---------------------------------------------------------------------------
+# Read-only looks for `tenant doctor`: each one list call, whatever the fleet's size.
+
+def reach(timeout: float = 10) -> docker.DockerClient:
+    """A client for a reachable engine, waiting at most `timeout` seconds for any answer
+    (connect() waits two minutes, for builds); a ConfigError saying how to start one."""
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        reason = str(exc).split("(")[0].strip().rstrip(":") or type(exc).__name__
+        raise ConfigError(f"no Docker engine is reachable ({reason}); {ENGINE_HINT}") from None
+    except OSError as exc:  # a timeout below the SDK's own errors
+        raise ConfigError(f"no Docker engine answered ({type(exc).__name__}); {ENGINE_HINT}") from None
+    return client
+
+
+def compose_version() -> str:
+    """The version of Docker Compose v2 (`docker compose version --short`), such as 2.40.3;
+    a ConfigError naming the fix when there is no docker client or no Compose v2."""
+    try:
+        result = subprocess.run(["docker", "compose", "version", "--short"], capture_output=True, text=True,
+                                timeout=20, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise ConfigError(f"the docker client is not installed; {ENGINE_HINT}") from None
+    except subprocess.TimeoutExpired:
+        raise ConfigError("`docker compose version` did not answer in 20 s; reinstall Compose v2 with "
+                          "`make engine`") from None
+    if result.returncode != 0:
+        raise ConfigError("Docker Compose v2 is missing (`docker compose` is not a docker command); "
+                          "run `make engine` to install it")
+    return result.stdout.strip().lstrip("v")
+
+
+def project_containers(client: docker.DockerClient, project: Project) -> list[Container]:
+    """Every container labelled for the project, stopped ones and one-off runs included."""
+    listed = client.api.containers(all=True, filters={"label": f"com.docker.compose.project={project.name}"})
+    return [Container.from_list_entry(entry) for entry in listed]
+
+
+def project_networks(client: docker.DockerClient, project: Project) -> list[str]:
+    """Names of the engine networks labelled for the project."""
+    listed = client.api.networks(filters={"label": f"com.docker.compose.project={project.name}"})
+    return sorted(network["Name"] for network in listed)
+
+
+LOOPBACK_OR_ANY = ("127.0.0.1", "0.0.0.0", "::", "")
+
+
+def loopback_publishers(client: docker.DockerClient) -> dict[int, Container]:
+    """The running container (of any project) that publishes each TCP port on the host's
+    loopback or on every address: a port held by a container is not necessarily a clash,
+    when that container is the tenant's own."""
+    held: dict[int, Container] = {}
+    for entry in client.api.containers():
+        for port in entry.get("Ports") or []:
+            if port.get("PublicPort") and port.get("Type") == "tcp" and port.get("IP") in LOOPBACK_OR_ANY:
+                held.setdefault(port["PublicPort"], Container.from_list_entry(entry))
+    return held
+
+
+def network_containers(client: docker.DockerClient, name: str) -> list[str]:
+    """Names of the containers attached to a network (empty when there is no such network)."""
+    try:
+        attached = client.api.inspect_network(name).get("Containers") or {}
+    except docker.errors.NotFound:
+        return []
+    return sorted(member.get("Name", container_id[:12]) for container_id, member in attached.items())
+
+
+def run_throwaway(client: docker.DockerClient, service: dict, folder: Path, command: list[str],
+                  labels: dict[str, str], timeout: float = 120) -> tuple[int, str]:
+    """Run a command in a new container made like a rendered compose service (its image,
+    environment, bind mounts and limits), then remove it; its exit code and output.
+
+    Made to change nothing: every mount is read-only, the root file system too, and it
+    is on no network (no database, no other container), so whatever the command does
+    stays in the container. Relative mount sources are resolved from `folder`, the
+    compose file's own. A ConfigError when the service's image is not on the engine.
+    """
+    if image_id(client, service["image"]) is None:
+        raise ConfigError(f"its image {service['image']} is not on this engine")
+    mounts = [docker.types.Mount(target=volume["target"], source=str((folder / volume["source"]).resolve()),
+                                 type="bind", read_only=True)
+              for volume in service.get("volumes") or [] if isinstance(volume, dict) and volume.get("type") == "bind"]
+    tmpfs = dict(entry.split(":", 1) if ":" in entry else (entry, "") for entry in service.get("tmpfs") or [])
+    host_config = client.api.create_host_config(
+        mounts=mounts, tmpfs=tmpfs, network_mode="none", read_only=True, cap_drop=["ALL"],
+        security_opt=["no-new-privileges:true"], mem_limit=service.get("mem_limit"),
+        pids_limit=service.get("pids_limit"), nano_cpus=int(float(service.get("cpus") or 1) * 1e9))
+    created = client.api.create_container(service["image"], command, environment=service.get("environment"),
+                                          host_config=host_config, labels=labels)
+    try:
+        client.api.start(created["Id"])
+        try:
+            code = client.api.wait(created["Id"], timeout=timeout)["StatusCode"]
+        except requests.exceptions.RequestException:  # no exit in time: the command hangs
+            code = -1
+        output = client.api.logs(created["Id"]).decode(errors="replace")
+        if code == -1:
+            output += f"\n(did not finish in {timeout:.0f} s)"
+        return code, output
+    finally:
+        client.api.remove_container(created["Id"], force=True)

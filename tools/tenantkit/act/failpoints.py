@@ -20,6 +20,8 @@ STEPS = {
     "deploy": ("recorded", "backed-up", "migrated", "next-started", "switched", "done"),
     "rollback": ("stopped", "restored", "swapped", "recorded"),
     "up": ("template-copied", "copied"),  # a template cut from a fresh database; a copy of a template
+    "release-rm": ("untagged", "assets-removed"),  # `release rm` and `release prune`, per release
+    "backup-prune": ("removed-one",),  # after each archive retention removes
 }
 
 

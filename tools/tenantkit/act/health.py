@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..model import APP_PORT, Project, ProxyMode, Tenant
 from . import engine
+from ..progress import track
 from .engine import Container, OperationFailed, tail
 
 HEALTH_TIMEOUT = 90.0
@@ -67,6 +68,11 @@ def wait_healthy(client, project: Project, tenants: list[Tenant], report=lambda 
                  timeout: float = HEALTH_TIMEOUT) -> None:
     """Poll each tenant's health path at its container every POLL seconds until it answers
     200; fail fast when its container stops."""
+    with track("starting", len(tenants), report) as progress:
+        _wait_healthy(client, project, tenants, progress, timeout)
+
+
+def _wait_healthy(client, project: Project, tenants: list[Tenant], progress, timeout: float) -> None:
     pending = {t.name: t for t in tenants}
     deadline = time.monotonic() + timeout
     next_inspect = 0.0
@@ -85,7 +91,7 @@ def wait_healthy(client, project: Project, tenants: list[Tenant], report=lambda 
         for name, tenant in list(pending.items()):
             where = address(project, tenant, found.get(tenant.names.service))
             if status_of(where, tenant.primary_host, project.health_path) == 200:
-                report(f"{name} is healthy")
+                progress.advance(name, "healthy", line=f"{name} is healthy")
                 del pending[name]
         if not pending:
             return

@@ -23,16 +23,22 @@ def runs_current_image(found: dict[str, engine.Container], tenant: Tenant, image
     return engine.state_of(current) is engine.ContainerState.RUNNING and current.image == image
 
 
-def tenant_argv(tenant: Tenant, command: list[str], running: bool, tty: bool = False) -> list[str]:
+def tenant_argv(tenant: Tenant, command: list[str], running: bool, tty: bool = False,
+                env_names: list[str] = ()) -> list[str]:
     """`docker compose` arguments that run a command in the tenant's context: in its running
-    container, or in a one-off one of its service."""
+    container, or in a one-off one of its service (`env_names`: variables passed on from
+    Compose's environment)."""
     where = ["exec"] if running else ["run", "--rm", "--no-deps"]
-    return [*where, *([] if tty else ["-T"]), tenant.names.service, *command]
+    passed = [arg for name in env_names for arg in ("-e", name)]
+    return [*where, *([] if tty else ["-T"]), *passed, tenant.names.service, *command]
 
 
-def in_tenant(project: Project, tenant: Tenant, command: list[str], running: bool) -> tuple[int, str]:
+def in_tenant(project: Project, tenant: Tenant, command: list[str], running: bool,
+              env: dict[str, str] | None = None) -> tuple[int, str]:
     """Run a command in the tenant's context and capture its output."""
-    result = engine.compose(project, *tenant_argv(tenant, command, running), tenant=tenant, check=False)
+    env = env or {}
+    result = engine.compose(project, *tenant_argv(tenant, command, running, env_names=list(env)), tenant=tenant,
+                            check=False, env=env)
     return result.returncode, result.stdout or ""
 
 
@@ -44,8 +50,20 @@ def exec_in(client, container_id: str, command: list[str]) -> tuple[int, str]:
     return client.api.exec_inspect(run["Id"])["ExitCode"], output
 
 
+class SettingsBroken(OperationFailed):
+    """A tenant's settings (or its code) do not load: Django could not even start."""
+
+
+def _code_digest(tenant: Tenant) -> str:
+    """What a tenant adds to the code its image runs: extra apps and local_settings.py."""
+    local = tenant.path / "local_settings.py"
+    return hashlib.sha256(repr(tenant.apps).encode() + (local.read_bytes() if local.is_file() else b"")).hexdigest()
+
+
 def graph_key(tenant: Tenant, images: dict[str, str]) -> tuple:
-    return images[tenant.name], tenant.apps
+    """Tenants with the same key share a migration graph (and, when one fails to load,
+    the failure): the image, the extra apps and local_settings.py."""
+    return images[tenant.name], tenant.apps, _code_digest(tenant)[:16]
 
 
 def _graph_cache(project: Project, client, tenant: Tenant, image: str) -> Path | None:
@@ -54,21 +72,22 @@ def _graph_cache(project: Project, client, tenant: Tenant, image: str) -> Path |
     image_id = engine.image_id(client, image)
     if image_id is None:
         return None
-    local = tenant.path / "local_settings.py"
-    extra = hashlib.sha256(repr(tenant.apps).encode() + (local.read_bytes() if local.is_file() else b""))
-    return project.cache_dir / "graphs" / f"{image_id.split(':')[-1][:24]}-{extra.hexdigest()[:16]}.json"
+    return project.cache_dir / "graphs" / f"{image_id.split(':')[-1][:24]}-{_code_digest(tenant)[:16]}.json"
 
 
-def migration_graphs(project: Project, client, tenants: list[Tenant], found: dict,
-                     images: dict[str, str]) -> dict[tuple, list]:
-    """The migration graph of each distinct (image, extra apps) among the tenants (usually one).
+def migration_graphs(project: Project, client, tenants: list[Tenant], found: dict, images: dict[str, str],
+                     broken: dict[tuple, str] | None = None) -> dict[tuple, list]:
+    """The migration graph of each distinct (image, extra apps, local settings) among the
+    tenants (usually one).
 
     Reading a graph runs Python in a container, so each is kept in .tenantkit/cache/graphs
-    once read: an image's migrations never change."""
+    once read: an image's migrations never change. A graph that cannot be read (the
+    settings do not load) raises SettingsBroken; given `broken`, it is recorded there by
+    key instead, and the other keys are still read."""
     graphs: dict[tuple, list] = {}
     for tenant in tenants:
         key = graph_key(tenant, images)
-        if key in graphs:
+        if key in graphs or (broken is not None and key in broken):
             continue
         cache = _graph_cache(project, client, tenant, images[tenant.name])
         if cache is not None and cache.is_file():
@@ -77,7 +96,13 @@ def migration_graphs(project: Project, client, tenants: list[Tenant], found: dic
         code, output = in_tenant(project, tenant, ["python", "/opt/tenantkit/migration_graph.py"],
                                  runs_current_image(found, tenant, images[tenant.name]))
         if code != 0:
-            raise OperationFailed(f"reading the migration graph (as tenant {tenant.name}) failed:\n{tail(output)}")
+            if "Traceback (most recent call last)" not in output:  # Compose or the engine failed, not Python
+                raise OperationFailed(f"reading the migration graph (as tenant {tenant.name}) failed:\n{tail(output)}")
+            problem = f"its settings do not load (reading its migrations failed, exit {code}):\n{tail(output)}"
+            if broken is None:
+                raise SettingsBroken(f"tenant {tenant.name}: {problem}")
+            broken[key] = problem
+            continue
         graphs[key] = json.loads(output.strip().splitlines()[-1])
         if cache is not None:
             atomic_write(cache, json.dumps(graphs[key]))
@@ -131,18 +156,22 @@ def applied_by_tenant(project: Project, tenants: list[Tenant],
 
 
 def pending_of(project: Project, client, tenants: list[Tenant], found: dict, images: dict[str, str],
-               applied: dict[str, set | None]) -> list[Tenant]:
-    """The tenants whose recorded migrations (`applied`) lack one of their image's graph.
+               applied: dict[str, set | None]) -> tuple[list[Tenant], dict[str, str]]:
+    """The tenants whose recorded migrations (`applied`) lack one of their image's graph,
+    and the tenants whose settings do not load (by name, with what went wrong): one broken
+    tenant does not stop the others from being checked.
 
     A tenant with no migrations recorded needs them without asking the code; for the
     others one look at the release's graph answers for all of them at once."""
     known = [t for t in tenants if applied[t.name] is not None]
-    graphs = migration_graphs(project, client, known, found, images) if known else {}
-    return [t for t in tenants
-            if applied[t.name] is None or needs_migrate(graphs[graph_key(t, images)], applied[t.name])]
+    failed: dict[tuple, str] = {}
+    graphs = migration_graphs(project, client, known, found, images, failed) if known else {}
+    broken = {t.name: failed[graph_key(t, images)] for t in known if graph_key(t, images) in failed}
+    return [t for t in tenants if t.name not in broken and (
+        applied[t.name] is None or needs_migrate(graphs[graph_key(t, images)], applied[t.name]))], broken
 
 
 def pending_tenants(project: Project, client, tenants: list[Tenant], found: dict,
-                    images: dict[str, str]) -> list[Tenant]:
-    """The tenants whose databases lack a migration of their image's code."""
+                    images: dict[str, str]) -> tuple[list[Tenant], dict[str, str]]:
+    """The tenants whose databases lack a migration of their image's code, and the broken ones."""
     return pending_of(project, client, tenants, found, images, applied_by_tenant(project, tenants))

@@ -10,9 +10,11 @@ provisioning, migrations, proxy), and no module reaches into another's `_private
 """
 from .classic import apache_wsgi
 from .data import backup, clone, restore, rm, write_backup
+from .doctor import Finding, doctor
 from .fleet import Outcome, manage_all, migrate
+from .housekeeping import prune_backups
 from .importer import import_classic
-from .releases import build_release, deploy, dev, list_releases, rollback
+from .releases import build_release, deploy, dev, list_releases, prune_releases, remove_releases, rollback
 from .stack import Rendered, Report, quiet
 from .tenants import (SETTABLE, TenantStatus, apache_proxy, build, down, logs, maintenance, manage, new, render,
                       set_values, status, status_detail, up)
@@ -20,6 +22,7 @@ from .tenants import (SETTABLE, TenantStatus, apache_proxy, build, down, logs, m
 __all__ = [
     "apache_wsgi", "backup", "clone", "restore", "rm", "write_backup", "Outcome", "manage_all", "migrate",
     "import_classic", "build_release", "deploy", "dev", "list_releases", "rollback", "Rendered", "Report",
+    "prune_backups", "prune_releases", "remove_releases",
     "quiet", "SETTABLE", "TenantStatus", "apache_proxy", "build", "down", "logs", "maintenance", "manage",
-    "new", "render", "set_values", "status", "status_detail", "up",
+    "new", "render", "set_values", "status", "status_detail", "up", "Finding", "doctor",
 ]

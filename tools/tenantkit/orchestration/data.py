@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..act import archive, database, engine
+from ..act.engine import OperationFailed, PartlyFailed
 from ..act.failpoints import failpoint
 from ..act.files import give_tree_to_app_user, locked, port_is_free, readable_tree
 from ..act.secrets import new_tenant_secrets, read_env_file, write_env_file
 from ..model import (SECRETS_FILE, TENANT_FILE, ConfigError, Project, Tenant, check_database_identity, check_host,
                      check_hosts_free, check_name, display_path, load_tenant, load_tenants, read_yaml,
                      tenant_from_mapping)
-from . import stack
+from ..progress import track
+from . import housekeeping, stack
 from .stack import Report, quiet
 
 
@@ -46,15 +48,35 @@ def check_backups_folder(folder: Path) -> None:
         raise ConfigError(f"the backups folder {display_path(folder)} is not a folder; fix `backups` in tenantkit.yaml")
 
 
-def write_backup(project: Project, tenant: Tenant, secrets: bool, folder: Path | None = None) -> Path:
-    """Dump the tenant's database and pack it with its media and folder into one archive."""
+class NoDatabase(OperationFailed):
+    """The tenant has no database on the server: nothing to dump."""
+
+
+def write_backup(project: Project, tenant: Tenant, secrets: bool, folder: Path | None = None,
+                 without_database: bool = False) -> Path:
+    """Dump the tenant's database and pack it with its media and folder into one archive.
+
+    A tenant without a database (one that never started) raises NoDatabase: a backup that
+    silently holds no data would, kept by retention, push out the ones that do. Only
+    `without_database` (tenant rm, which archives whatever exists) writes such an archive:
+    its folder and media, restoring as a tenant whose database `tenant up` makes."""
     folder = folder or project.backups_dir
     check_backups_folder(folder)
     with scratch_folder(project, "backup") as tmp:
-        dump = tmp / archive.DUMP
-        database.dump_database(project, tenant.names, dump)
+        conn = database.admin_connect(project)
+        try:
+            exists = database.database_exists(conn, tenant.names)
+        finally:
+            conn.close()
+        if not exists and not without_database:
+            raise NoDatabase(f"tenant {tenant.name} has no database {tenant.names.database!r} on the server, so "
+                             f"there is nothing to back up (a tenant that never started gets one with "
+                             f"`tenant up {tenant.name}`)")
+        dump = tmp / archive.DUMP if exists else None
+        if dump is not None:
+            database.dump_database(project, tenant.names, dump)
         files = archive.members(tenant.path, tenant.media_dir, dump, secrets)
-        stats = {"database_dump_bytes": dump.stat().st_size,
+        stats = {"database_dump_bytes": dump.stat().st_size if dump is not None else None,
                  "media_files": sum(1 for name, _ in files if name.startswith("media/"))}
         target = _unique(folder / archive.archive_name(tenant.name))
         archive.write_archive(target, tenant.name, files, secrets, stats)
@@ -101,11 +123,22 @@ def backup(project: Project, names: Iterable[str] = (), all_: bool = False, secr
     check_backups_folder(project.backups_dir)
     client = engine.connect() if project.database.service else None
     paths = []
-    with locked(project):
+    failures = []
+    with locked(project), track("backing up", len(chosen), report) as progress:
         _ensure_database_running(client, project)
-        for tenant in chosen:
-            report(f"backing up {tenant.name}")
-            paths.append(write_backup(project, tenant, secrets))
+        for tenant in chosen:  # one tenant's failure does not stop the others
+            if not progress.bar:
+                report(f"backing up {tenant.name}")
+            try:
+                paths.append(write_backup(project, tenant, secrets))
+            except OperationFailed as exc:
+                failures.append(str(exc))
+                progress.advance(tenant.name, "failed", failed=True, line=f"{tenant.name}: FAILED: {exc}")
+                continue
+            progress.advance(tenant.name, "archived", line="")
+    if failures:
+        raise PartlyFailed("\n".join(failures), paths)
+    housekeeping.retain_after_backup(project, [t.name for t in chosen], report)  # backups.keep, when set
     return paths
 
 
@@ -136,7 +169,7 @@ def rm(project: Project, name: str, keep_data: bool = False, report: Report = qu
         if saved is None or not saved.is_file():
             _ensure_database_running(client, project)
             report(f"archiving {name}")
-            saved = write_backup(project, tenant, secrets=True)  # raises before anything is dropped
+            saved = write_backup(project, tenant, secrets=True, without_database=True)  # raises before any drop
             failpoint("rm", "archived")
             tenant = replace(tenant, enabled=False, removing=str(saved))
             stack.write_tenant_yaml(project, tenant)
@@ -164,6 +197,8 @@ def rm(project: Project, name: str, keep_data: bool = False, report: Report = qu
         failpoint("rm", "moved")
         stack.drop_runtime(project, name)
         shutil.rmtree(trash, ignore_errors=True)
+        for log in (f"{name}.access.log", f"{name}.error.log"):  # the proxy no longer writes them
+            (project.logs_dir / log).unlink(missing_ok=True)
     return saved
 
 
@@ -287,7 +322,8 @@ def _restore_into(project: Project, conn, unpacked: Path, manifest: archive.Mani
                                     comment=database.RESTORING)
         created = True
         failpoint(step, "provisioned")
-        database.restore_database(project, tenant.names, unpacked / archive.DUMP, values["TENANT_DB_PASSWORD"])
+        if archive.DUMP in manifest.files:  # none: the tenant never started; `up` migrates its empty database
+            database.restore_database(project, tenant.names, unpacked / archive.DUMP, values["TENANT_DB_PASSWORD"])
         failpoint(step, "loaded")
         os.rename(staging, tenant.path)
     except BaseException:

@@ -18,6 +18,7 @@ from ..act import engine, migrations
 from ..act.files import locked
 from ..act.migrations import MIGRATE, in_tenant, runs_current_image
 from ..model import Project, Tenant, load_tenants
+from ..progress import track
 from . import stack
 
 Report = stack.Report
@@ -30,6 +31,9 @@ class Outcome:
     seconds: float
     output: str = ""
     exit_code: int = 0
+    # Failed for a reason of the tenant's own (its settings do not load) before anything
+    # changed: the others go on, whatever --keep-going says.
+    contained: bool = False
 
     @property
     def failed(self) -> bool:
@@ -54,7 +58,8 @@ def bounded(tenants: list[Tenant], work: Callable[[Tenant], Any], jobs: int, kee
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         running: dict = {}
         while queue or running:
-            stop = not keep_going and any(error or getattr(result, "failed", False)
+            stop = not keep_going and any(error or (getattr(result, "failed", False)
+                                                    and not getattr(result, "contained", False))
                                           for result, error in results.values())
             while queue and len(running) < jobs and not stop:
                 tenant = queue.pop(0)
@@ -87,24 +92,27 @@ def run_dir(project: Project, verb: str) -> Path:
     return folder
 
 
+def keep_output(folder: Path, outcome: Outcome) -> None:
+    """One tenant's output in the run's folder. Created 0600 (a fresh file in a fresh
+    folder); no fsync, a log is not state."""
+    fd = os.open(folder / f"{outcome.tenant}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as log:
+        log.write(outcome.output)
+
+
 def across(tenants: list[Tenant], work: Callable[[Tenant], Outcome], jobs: int, folder: Path | None,
-           report: Report, keep_going: bool = True) -> list[Outcome]:
-    """Run `work` for each tenant, at most `jobs` at a time; report progress, keep outputs."""
-    count = [0]
+           report: Report, keep_going: bool = True, verb: str = "working") -> list[Outcome]:
+    """Run `work` for each tenant, at most `jobs` at a time; show progress, keep outputs."""
+    with track(verb, len(tenants), report) as progress:
 
-    def done(tenant: Tenant, outcome: Outcome | None, error: BaseException | None) -> None:
-        count[0] += 1
-        if outcome is None:
-            outcome = Outcome(tenant.name, "failed", 0.0, f"{type(error).__name__}: {error}", 1)
-        if folder is not None:
-            # Created 0600 (a fresh file in a fresh folder); no fsync, a log is not state.
-            fd = os.open(folder / f"{tenant.name}.log",
-                         os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as log:
-                log.write(outcome.output)
-        report(f"[{count[0]}/{len(tenants)}] {tenant.name}: {outcome.result} ({outcome.seconds:.2f}s)")
+        def done(tenant: Tenant, outcome: Outcome | None, error: BaseException | None) -> None:
+            if outcome is None:
+                outcome = Outcome(tenant.name, "failed", 0.0, f"{type(error).__name__}: {error}", 1)
+            if folder is not None:
+                keep_output(folder, outcome)
+            progress.advance(tenant.name, outcome.result, outcome.seconds, outcome.failed)
 
-    results = bounded(tenants, work, jobs, keep_going, done)
+        results = bounded(tenants, work, jobs, keep_going, done)
     outcomes = []
     for tenant in tenants:
         if tenant.name not in results:
@@ -129,17 +137,28 @@ def migrate(project: Project, names: Iterable[str] = (), all_: bool = False, job
     stack.select(load_tenants(project), names, all_)
     client = engine.connect()
     with locked(project):
-        rendered = stack.render(project, None if all_ else names)
+        rendered = stack.render(project, None if all_ else names, keep_going=True)
         chosen = stack.select(rendered.tenants, names, all_)
-        stack.ensure_images(client, project, rendered, report, names=[t.name for t in chosen])
+        unbuilt = stack.unbuilt(client, project, rendered, chosen)
+        stack.ensure_images(client, project, rendered, report, names=[t.name for t in chosen if t.name not in unbuilt])
         found = engine.containers(client, project)
-        candidates = migrations.pending_of(project, client, chosen, found, rendered.images,
-                                           migrations.applied_by_tenant(project, chosen))
-        pending = _prepare(client, project, candidates, found, rendered, report) if candidates else []
-        report(work_summary(chosen, pending))
-        if not pending:
+        checked = [t for t in chosen if t.name not in rendered.rejected and t.name not in unbuilt]
+        candidates, broken = migrations.pending_of(project, client, checked, found, rendered.images,
+                                                   migrations.applied_by_tenant(project, checked))
+        broken.update(rendered.rejected)
+        broken.update(unbuilt)
+        pending = []
+        if candidates:
+            pending, later = _prepare(client, project, candidates, found, rendered, report)
+            broken.update(later)
+        report(work_summary(chosen, pending, broken))
+        if not pending and not broken:
             return [Outcome(t.name, "up-to-date", 0.0) for t in chosen], None
         folder = run_dir(project, "migrate")
+        failed = [Outcome(name, "failed", 0.0, problem, 1) for name, problem in broken.items()]
+        for outcome in failed:
+            report(f"{outcome.tenant}: FAILED: {outcome.output.splitlines()[0]}")
+            keep_output(folder, outcome)
 
         def work(tenant: Tenant) -> Outcome:
             started = time.monotonic()
@@ -147,12 +166,12 @@ def migrate(project: Project, names: Iterable[str] = (), all_: bool = False, job
                                      runs_current_image(found, tenant, rendered.images[tenant.name]))
             return Outcome(tenant.name, "ok" if code == 0 else "failed", time.monotonic() - started, output, code)
 
-        done = {o.tenant: o for o in across(pending, work, jobs, folder, report)}
+        done = {o.tenant: o for o in [*failed, *across(pending, work, jobs, folder, report, verb="migrating")]}
         return [done.get(t.name) or Outcome(t.name, "up-to-date", 0.0) for t in chosen], folder
 
 
 def _prepare(client, project: Project, candidates: list[Tenant], found: dict, rendered: stack.Rendered,
-             report: Report) -> list[Tenant]:
+             report: Report) -> tuple[list[Tenant], dict[str, str]]:
     """Start the database for the tenants that may have work and provision theirs; return
     those that still have work: asked again, since the first look cannot see into a
     database on a server that was down (a stopped compose db: every tenant looks new)."""
@@ -163,28 +182,40 @@ def _prepare(client, project: Project, candidates: list[Tenant], found: dict, re
                                  migrations.applied_by_tenant(project, candidates))
 
 
-def work_summary(chosen: list[Tenant], pending: list[Tenant]) -> str:
-    """The line saying how many tenants were up to date, and which ones had work."""
-    line = f"{len(chosen) - len(pending)} of {len(chosen)} tenants up to date"
-    return line + (f"; migrating {', '.join(t.name for t in pending)}" if pending else "")
+def work_summary(chosen: list[Tenant], pending: list[Tenant], broken: dict[str, str] | None = None) -> str:
+    """The line saying how many tenants were up to date, which ones had work, and which
+    could not be checked."""
+    broken = broken or {}
+    line = f"{len(chosen) - len(pending) - len(broken)} of {len(chosen)} tenants up to date"
+    line += f"; migrating {', '.join(t.name for t in pending)}" if pending else ""
+    return line + (f"; settings do not load: {', '.join(broken)}" if broken else "")
 
 
-def manage_all(project: Project, args: list[str], jobs: int = 4,
-               report: Report = stack.quiet) -> tuple[list[Outcome], Path]:
-    """Run `manage.py ARGS` for every enabled tenant, at most `jobs` at a time."""
+def manage_all(project: Project, args: list[str], jobs: int = 4, report: Report = stack.quiet,
+               env: dict[str, str] | None = None) -> tuple[list[Outcome], Path]:
+    """Run `manage.py ARGS` for every enabled tenant, at most `jobs` at a time (`env`:
+    variables added to each command's environment)."""
     client = engine.connect()
     with locked(project):
-        rendered = stack.render(project)
-        stack.ensure_images(client, project, rendered)
-        stack.start_database(client, project, rendered.tenants)
-        stack.provision(project, rendered.tenants)
+        rendered = stack.render(project, keep_going=True)
+        unbuilt = stack.unbuilt(client, project, rendered, rendered.tenants)
+        stack.ensure_images(client, project, rendered, names=[t.name for t in rendered.tenants if t.name not in unbuilt])
+        runnable = [t for t in rendered.tenants if t.name not in rendered.rejected and t.name not in unbuilt]
+        stack.start_database(client, project, runnable)
+        stack.provision(project, runnable)
     found = engine.containers(client, project)
     folder = run_dir(project, "manage")
+    refused = [Outcome(name, "failed", 0.0, problem if name in unbuilt else f"tenant {name}: {problem}", 1)
+               for name, problem in {**rendered.rejected, **unbuilt}.items()]
+    for outcome in refused:
+        keep_output(folder, outcome)
 
     def work(tenant: Tenant) -> Outcome:
         started = time.monotonic()
         code, output = in_tenant(project, tenant, ["python", "manage.py", *args],
-                                 runs_current_image(found, tenant, rendered.images[tenant.name]))
+                                 runs_current_image(found, tenant, rendered.images[tenant.name]), env)
         return Outcome(tenant.name, "ok" if code == 0 else "failed", time.monotonic() - started, output, code)
 
-    return across(rendered.tenants, work, jobs, folder, report), folder
+    ran = across(runnable, work, jobs, folder, report,
+                 verb=f"manage.py {args[0] if args else ''}".strip())
+    return refused + ran, folder

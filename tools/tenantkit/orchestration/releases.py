@@ -10,17 +10,18 @@ start per tenant, and requests are answered by one container or the other throug
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict
+import os
+import shutil
 import subprocess
 import time
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import docker.errors
 import filelock
-
-from dataclasses import replace
 
 from ..act import archive, database, engine, health, migrations, state
 from ..act import build as builder
@@ -29,9 +30,9 @@ from ..act.failpoints import failpoint
 from ..act.files import locked
 from ..act.secrets import read_env_file
 from ..act.state import Release, TenantRuntime, other_slot, release_image
-from ..model import ConfigError, Project, ProxyMode, Tenant, check_release, load_tenants
+from ..model import ConfigError, Project, ProxyMode, Tenant, check_release, display_path, load_tenants
 from ..render.compose import SLOT_LABEL
-from . import data, stack
+from . import data, housekeeping, stack
 from .fleet import Outcome, across
 from .stack import Report, quiet
 
@@ -75,20 +76,268 @@ def build_release(project: Project, version: str, force: bool = False, report: R
     return asdict(record)
 
 
+def _by_age(releases: Iterable[Release]) -> list[Release]:
+    """Oldest first; releases built in the same second by version."""
+    return sorted(releases, key=lambda r: (r.built, r.version))
+
+
+def _rollback_images(project: Project, current: state.State) -> dict[str, list[str]]:
+    """The image each tenant would return to with `tenant rollback`, as image -> tenants."""
+    targets: dict[str, list[str]] = {}
+    for name, runtime in sorted(current.tenants.items()):
+        image = release_image(project, runtime.previous) if runtime.previous else runtime.previous_image
+        if image:
+            targets.setdefault(image, []).append(name)
+    return targets
+
+
 def list_releases(project: Project) -> list[dict]:
-    """Every release, whether it is current, and the tenants that run it."""
+    """Every release (oldest first), then the working tree, then any other image a tenant
+    runs or may roll back to (one rolled back past its first deploy): each enabled tenant is
+    in exactly one row's `tenants`, the row of the image it runs (in dev mode, the working
+    tree's). Exactly one row is `current`: the release new tenants start on, or the working
+    tree before the first deploy to all tenants. `rollback`: the tenants `tenant rollback`
+    would return to that row."""
     current = state.load(project)
     tenants = [t for t in load_tenants(project) if t.enabled]
-    rows = []
-    for version, record in sorted(current.releases.items(), key=lambda item: item[1].built):
-        rows.append({**asdict(record), "current": version == current.current,
-                     "tenants": [t.name for t in tenants if not project.dev and current.release_of(t) == version]})
+    context = builder.build_context(project, project.images.base)
+    tree = builder.image_tag(project, context)
+    runs = {t.name: state.image_for(project, current, t, tree) for t in tenants}
+    rollback = _rollback_images(project, current)
+
+    def row(record: dict, kind: str, is_current: bool) -> dict:
+        image = record["image"]
+        return {**record, "kind": kind, "current": is_current,
+                "tenants": [t.name for t in tenants if runs[t.name] == image], "rollback": rollback.get(image, [])}
+
+    rows = [row(asdict(r), "release", r.version == current.current) for r in _by_age(current.releases.values())]
+    rows.append(row({"version": None, "image": tree, "digest": context.digest,
+                     "revision": git_revision(project.source), "built": None},
+                    "working-tree", current.current is None))
+    listed = {r["image"] for r in rows}
+    prefix = f"{project.images.app}:"
+    for image in sorted((set(runs.values()) | set(rollback)) - listed):
+        # A pinned release that is not recorded (built elsewhere), or an older working tree.
+        tag = image[len(prefix):] if image.startswith(prefix) else None
+        version = tag if tag and not tag.startswith("src-") else None
+        rows.append(row({"version": version, "image": image, "digest": None, "revision": None, "built": None},
+                        "release" if version else "image", False))
     return rows
+
+
+# ---------------------------------------------------------------------------
+# removing releases
+
+def release_users(project: Project, current: state.State, tenants: list[Tenant]) -> dict[str, list[str]]:
+    """Why each release must stay, as phrases naming tenants: a tenant is pinned to it, runs
+    it (a deploy in flight records its new release before anything starts), or may roll back
+    to it; and the current release, which new tenants start on (and unpinned tenants without
+    a deploy of their own run). Disabled tenants count: `tenant up` brings them back."""
+    tags = {release_image(project, v): v for v in current.releases}
+    roles: dict[str, dict[str, list[str]]] = {}
+
+    def note(version: str | None, name: str, role: str) -> None:
+        if version and role not in roles.setdefault(version, {}).setdefault(name, []):
+            roles[version][name].append(role)
+
+    pinned = {t.name: t.release for t in tenants}
+    for name in sorted(set(pinned) | set(current.tenants)):
+        runtime = current.runtime(name)
+        note(pinned.get(name), name, "is pinned to it")
+        note(runtime.release or tags.get(runtime.image or ""), name, "runs it")
+        note(runtime.previous or tags.get(runtime.previous_image or ""), name, "may roll back to it")
+    users = {version: [f"{name} {' and '.join(what)}" for name, what in names.items()]
+             for version, names in roles.items()}
+    if current.current:
+        users.setdefault(current.current, []).insert(0, "it is current (new tenants start on it)")
+    return users
+
+
+def _working_tree_image(project: Project) -> str:
+    return builder.image_tag(project, builder.build_context(project, project.images.base))
+
+
+def _container_names(found: list[dict]) -> str:
+    names = []
+    for entry in found:
+        labels = entry.get("Labels") or {}
+        name = (entry.get("Names") or ["?"])[0].lstrip("/")
+        service = labels.get("com.docker.compose.service", "")
+        names.append(f"{name} (tenant {service.removeprefix('tenant-')})" if service.startswith("tenant-") else name)
+    return ", ".join(sorted(names))
+
+
+def _image_plans(client, project: Project, current: state.State, versions: list[str]) -> dict[str, dict]:
+    """What removing each release does to the engine: the tags it removes (the release's
+    own, last) and whether the image goes with them. The image is deleted only when no tag
+    that something needs remains: another release's, the working tree's, one a tenant runs
+    or may roll back to. Working-tree tags nothing needs (`<app>:src-...` of older code) on
+    the same image go with it, or removing a release would free no space. An image a
+    container uses (any container on the engine, running or not) is never deleted: then
+    only the release's tag goes, or, if it is the image's last tag, the plan is `blocked`."""
+    referenced = {_working_tree_image(project)}
+    referenced |= {image for rt in current.tenants.values() for image in (rt.image, rt.previous_image) if image}
+    leaving = {release_image(project, v) for v in versions}
+    plans: dict[str, dict] = {}
+    by_image: dict[str, list[str]] = {}
+    for version in versions:
+        tag = release_image(project, version)
+        plans[version] = {"version": version, "image": tag, "image_id": None, "untag": [], "image_deleted": False,
+                          "blocked": None}
+        try:
+            image = client.images.get(tag)
+        except docker.errors.ImageNotFound:
+            continue  # gone already (a removal killed after untagging): nothing to do on the engine
+        plans[version]["image_id"] = image.id
+        by_image.setdefault(image.id, []).append(version)
+    for image_id, sharing in by_image.items():
+        image = client.images.get(image_id)
+        others = set(image.tags) - leaving
+        stale = {t for t in others if t.startswith(f"{project.images.app}:src-") and t not in referenced}
+        used = client.api.containers(all=True, filters={"ancestor": image_id})
+        deletes = not (others - stale)
+        for version in sharing:
+            plans[version]["untag"] = [release_image(project, version)]
+        last = plans[sharing[-1]]
+        if deletes and used:
+            if not others:
+                for version in sharing:
+                    plans[version]["blocked"] = (f"its image is the image of container {_container_names(used)}, "
+                                                 "which still exists")
+        elif deletes:
+            last["untag"] = sorted(stale) + last["untag"]
+            last["image_deleted"] = True
+    return plans
+
+
+def _remove_assets(project: Project, version: str) -> Path | None:
+    """Remove compose/assets/VERSION whole or not at all: renamed aside first, so a kill
+    never leaves a half-deleted folder that a later `extract_assets` would take as done."""
+    folder, aside = project.assets_dir / version, project.assets_dir / f".{version}.removed"
+    had = folder.is_dir()
+    if had:
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(folder, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+    shutil.rmtree(project.assets_dir / f".{version}.tmp", ignore_errors=True)  # extract_assets' staging
+    return folder if had else None
+
+
+def _remove_release(client, project: Project, plan: dict, report: Report) -> dict:
+    """Untag (and maybe delete) the image, remove the assets, then drop the record.
+
+    Crash-safe by order: the record goes last, so a kill at any step leaves the release
+    listed, and `tenant release rm VERSION` (or the same prune) run again finds it and
+    completes; every step before is idempotent (a tag or folder already gone is skipped).
+    Meanwhile a deploy of it is refused (its image is missing) and the tenants that could
+    use it were refused before anything started."""
+    version = plan["version"]
+    for tag in plan["untag"]:
+        try:
+            client.images.remove(tag)  # a tag of an image with other tags: only the tag goes
+        except docker.errors.ImageNotFound:
+            pass
+        except docker.errors.APIError as exc:
+            raise OperationFailed(f"could not remove the image tag {tag}: {exc.explanation or exc}") from None
+        failpoint("release-rm", "untagged")
+    assets = _remove_assets(project, version)
+    failpoint("release-rm", "assets-removed")
+    with state.update(project) as changed:
+        changed.releases.pop(version, None)
+    deleted = " (image deleted)" if plan["image_deleted"] else ""
+    report(f"removed release {version}: {', '.join(plan['untag']) or 'no image left'}{deleted}"
+           + (f"; {display_path(assets)}" if assets else ""))
+    return {**plan, "assets": str(assets) if assets else None}
+
+
+def _in_use(busy: dict[str, list[str]]) -> ConfigError:
+    what = "; ".join(f"{version}: {', '.join(why)}" for version, why in busy.items())
+    return ConfigError(f"release{'s' if len(busy) > 1 else ''} in use, nothing removed ({what}); "
+                       "deploy another release to those tenants first (`tenant deploy VERSION NAME...`; "
+                       "to all tenants, it also becomes current), or keep it")
+
+
+def _removal(client, project: Project, plans: dict[str, dict], dry_run: bool, report: Report,
+             kept: list[dict]) -> dict:
+    """Carry out the plans (oldest first), or only show them: {removed, kept, dry_run}."""
+    removed = []
+    for version, plan in plans.items():
+        if plan["blocked"]:
+            kept.append({"version": version, "why": plan["blocked"]})
+        elif dry_run:
+            folder = project.assets_dir / version
+            removed.append({**plan, "assets": str(folder) if folder.is_dir() else None})
+        else:
+            removed.append(_remove_release(client, project, plan, report))
+    return {"removed": removed, "kept": kept, "dry_run": dry_run}
+
+
+def _check_removable(project: Project, current: state.State, versions: list[str]) -> None:
+    unknown = [v for v in versions if v not in current.releases]
+    if unknown:
+        known = ", ".join(r.version for r in _by_age(current.releases.values())) or "none"
+        raise ConfigError(f"unknown release {unknown[0]!r} (releases: {known}); see `tenant releases`")
+    users = release_users(project, current, load_tenants(project))
+    busy = {v: users[v] for v in versions if users.get(v)}
+    if busy:
+        raise _in_use(busy)
+
+
+def remove_releases(project: Project, versions: Iterable[str], dry_run: bool = False,
+                    report: Report = quiet) -> dict:
+    """`tenant release rm`: remove releases, each with its image tag (the image too when
+    nothing else needs it), its assets folder and its record. Refused whole (nothing
+    removed) when one is unknown or in use (see release_users), or its image is the last
+    tag of an image a container uses. Holds the deploy lock and the project lock."""
+    versions = list(dict.fromkeys(_version(v) for v in versions))
+    if not versions:
+        raise ConfigError("name the releases to remove, such as: tenant release rm 1.0.0 (see `tenant releases`)")
+    _check_removable(project, state.load(project), versions)  # bad input: refused before any lock or engine
+    with deploy_locked(project), locked(project):
+        current = state.load(project)
+        _check_removable(project, current, versions)  # again, now that nothing can change it
+        client = engine.connect()
+        plans = _image_plans(client, project, current, versions)
+        blocked = {v: p["blocked"] for v, p in plans.items() if p["blocked"]}
+        if blocked:
+            raise ConfigError(f"cannot remove release {', '.join(blocked)}, nothing removed "
+                              f"({'; '.join(f'{v}: {why}' for v, why in blocked.items())}); remove that container "
+                              "first (`tenant up NAME` replaces a tenant's leftover containers), or keep the release")
+        return _removal(client, project, plans, dry_run, report, [])
+
+
+def prune_releases(project: Project, keep: int, dry_run: bool = False, report: Report = quiet) -> dict:
+    """`tenant release prune --keep N`: keep the N newest releases (by build time) and every
+    release in use (see release_users); remove the others, oldest first. A release whose
+    image a leftover container still uses is kept, and says so. A prune killed halfway is
+    completed by the same prune run again: what it kept is still kept, and a half-removed
+    release is still recorded, and still beyond the newest N."""
+    if keep < 0:
+        raise ConfigError(f"--keep {keep}: give the number of newest releases to keep (0 or more)")
+    with deploy_locked(project), locked(project):
+        current = state.load(project)
+        users = release_users(project, current, load_tenants(project))
+        newest_first = list(reversed(_by_age(current.releases.values())))
+        kept, doomed = [], []
+        for rank, record in enumerate(newest_first):
+            if rank < keep:
+                kept.append({"version": record.version, "why": f"among the newest {keep}"})
+            elif users.get(record.version):
+                kept.append({"version": record.version, "why": ", ".join(users[record.version])})
+            else:
+                doomed.append(record.version)
+        client = engine.connect()
+        return _removal(client, project, _image_plans(client, project, current, list(reversed(doomed))),
+                        dry_run, report, kept)
 
 
 def _deploy_file_lock(project: Project) -> filelock.FileLock:
     """.tenantkit/deploy.lock, taken without waiting: one deploy or rollback at a time."""
     return filelock.FileLock(str(project.state_dir / "deploy.lock"), timeout=0)
+
+
+class DeployRunning(ConfigError):
+    """The deploy lock is held: a deploy or rollback runs (or a release or backup removal)."""
 
 
 def _deploy_lock(project: Project):
@@ -97,9 +346,20 @@ def _deploy_lock(project: Project):
     try:
         lock.acquire()
     except filelock.Timeout:
-        raise ConfigError("another deploy or rollback is running (it holds .tenantkit/deploy.lock); "
-                          "wait for it to finish") from None
+        raise DeployRunning("another deploy, rollback, release removal or backup prune is running (it holds "
+                            ".tenantkit/deploy.lock); wait for it to finish") from None
     return lock
+
+
+@contextmanager
+def deploy_locked(project: Project) -> Iterator[None]:
+    """Hold the deploy lock (refused at once when held) around a change a deploy or rollback
+    must not meet halfway: removing releases, pruning backups."""
+    lock = _deploy_lock(project)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def deploy_running(project: Project) -> bool:
@@ -206,7 +466,8 @@ def _uses_slots(project: Project, running: bool) -> bool:
 
 
 def _deploy_one(client, project: Project, tenant: Tenant, version: str, rendered_image: str,
-                report: Report, retire: Callable[[Callable[[], None]], object] = _now) -> Outcome:
+                report: Report, retire: Callable[[Callable[[], None]], object] = _now,
+                broken: dict[tuple, str] | None = None) -> Outcome:
     """Deploy one tenant: record the release, back up and migrate only when the release has
     migrations this database lacks, then start the new container beside the old one and
     switch (or recreate in place, without the compose proxy).
@@ -216,6 +477,11 @@ def _deploy_one(client, project: Project, tenant: Tenant, version: str, rendered
     the release's image with nothing switched. So a deploy run again after a kill
     completes the one that was interrupted."""
     started = time.monotonic()
+    broken = {} if broken is None else broken  # settings that do not load on this release, by kind
+    kind = migrations.graph_key(tenant, {tenant.name: release_image(project, version)})
+    if kind in broken:  # another tenant of the same kind found it: nothing to change here
+        report(f"{tenant.name}: FAILED, its settings do not load on {version}; not deployed")
+        return Outcome(tenant.name, "failed", 0.0, f"tenant {tenant.name}: {broken[kind]}", 1, contained=True)
     current = state.load(project)
     before = current.runtime(tenant.name)
     found = engine.service_containers(client, project, tenant.names.service)
@@ -285,7 +551,10 @@ def _deploy_one(client, project: Project, tenant: Tenant, version: str, rendered
                 _recreate(client, project, tenant)
             except (OperationFailed, ConfigError) as again:
                 report(f"{tenant.name}: could not be brought back on its previous release: {again}")
-        return Outcome(tenant.name, "failed", time.monotonic() - started, str(exc), 1)
+        if isinstance(exc, migrations.SettingsBroken):  # before any change: the rollout goes on
+            broken[kind] = str(exc).partition(": ")[2]
+        return Outcome(tenant.name, "failed", time.monotonic() - started, str(exc), 1,
+                       contained=isinstance(exc, migrations.SettingsBroken))
     failpoint("deploy", "done")
     how = f"backup {saved}" if saved else "no migrations, no backup needed"
     return Outcome(tenant.name, "ok", time.monotonic() - started,
@@ -314,13 +583,23 @@ def deploy(project: Project, version: str, names: Iterable[str] = (), keep_going
             for tenant in chosen:
                 if tenant.release and tenant.release != version:  # named explicitly: move its pin
                     stack.write_tenant_yaml(project, replace(tenant, release=version))
-        rendered = stack.render(project, [t.name for t in chosen])
+        rendered = stack.render(project, [t.name for t in chosen], keep_going=True)
+        refused = [Outcome(name, "failed", 0.0, f"tenant {name}: {problem}", 1, contained=True)
+                   for name, problem in rendered.rejected.items()]
+        for outcome in refused:
+            report(f"{outcome.tenant}: FAILED, its new settings do not load; not deployed")
+        chosen = [t for t in chosen if t.name not in rendered.rejected]
+        broken: dict[tuple, str] = {}
         with ThreadPoolExecutor(max_workers=jobs) as retiring:  # old containers stop while others deploy
             outcomes = across(chosen, lambda t: _deploy_one(client, project, t, version, rendered.images[t.name],
-                                                            report, retiring.submit), jobs, None, report, keep_going)
+                                                            report, retiring.submit, broken),
+                              jobs, None, report, keep_going, verb=f"deploying {version}")
+        outcomes = refused + outcomes
         if not names and not any(o.failed for o in outcomes):
             with state.update(project) as current:
                 current.current = version
+        # backups.keep, now that these tenants' pre-deploy backups are recorded (or not needed).
+        housekeeping.retain_backups(project, [o.tenant for o in outcomes if o.result == "ok"], report)
         return outcomes
     finally:
         lock.release()

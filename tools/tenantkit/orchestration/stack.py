@@ -7,11 +7,12 @@ full render of an unchanged fleet of thousands writes nothing.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -22,10 +23,11 @@ from ..act import database, engine, migrations, proxy, state
 from ..act.engine import ContainerState, OperationFailed, tail
 from ..act.files import atomic_write, give_secret_to_app_user, give_to_app_user, locked, port_is_free
 from ..act.secrets import ensure_db_admin_secret, new_tenant_secrets, read_env_file, write_env_file
-from ..model import (TENANT_FILE, ConfigError, Project, ProxyMode, Tenant, check_name, load_tenants)
+from ..model import (OWNER_LABEL, TENANT_FILE, ConfigError, Project, ProxyMode, Tenant, check_name, load_tenants)
+from ..progress import track
 from ..render import TEMPLATES
 from ..render.apache import DEFAULT_SITE, proxy_layout, release_of, render_default_vhost, render_proxy_vhost
-from ..render.compose import dump_compose, proxy_address, render_stack, render_tenant_compose
+from ..render.compose import dump_compose, proxy_address, render_stack, render_tenant_compose, tenant_service
 from ..render.settings import render_settings
 
 Report = Callable[[str], None]
@@ -59,7 +61,9 @@ def select(tenants: list[Tenant], names: Iterable[str], all_: bool) -> list[Tena
     for name in dict.fromkeys(names):
         checked(check_name, name)
         if name not in by_name:
-            raise ConfigError(f"unknown tenant {name!r}; see `tenant list`, or create it with `tenant new {name}`")
+            close = difflib.get_close_matches(name, by_name, n=1)
+            raise ConfigError(f"unknown tenant {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                              + "; `tenant list` shows the tenants")
         chosen.append(by_name[name])
     return chosen
 
@@ -123,6 +127,10 @@ class Rendered:
     proxy_image: str | None
     images: dict[str, str]  # the image each enabled tenant runs (a release, or the working tree's)
     configs: dict[str, str]  # the digest of each rendered tenant's container definition
+    # Tenants left as they were because their new settings do not load: name -> what failed.
+    rejected: dict[str, str] = field(default_factory=dict)
+    # With keep_previous: what each re-rendered tenant's files held before (None: absent).
+    previous: dict[str, dict[Path, str | None]] = field(default_factory=dict)
 
     def is_current(self, tenant: Tenant, container: engine.Container | None, image_ids: dict[str, str]) -> bool:
         """Whether the tenant's container runs, made from its current definition and image
@@ -162,12 +170,25 @@ def _render_cache(project: Project) -> dict:
         return {}
 
 
-def render(project: Project, names: Iterable[str] | None = None, tenants: list[Tenant] | None = None) -> Rendered:
+def render(project: Project, names: Iterable[str] | None = None, tenants: list[Tenant] | None = None,
+           keep_going: bool = False, keep_previous: bool = False, check_all: bool = False,
+           check: bool = True) -> Rendered:
     """Write the artifacts of the named tenants (None: of every tenant) and the stack file.
 
     Holds the project lock. Tenants' vhosts route to the slot the stored state says (in
     the middle of a deploy's switch too), whichever process renders them. `tenants`: the fleet as
     the caller loaded it under the same lock hold, so it is not read twice.
+
+    A running container reads its settings.py: new settings for it are loaded first in a
+    throwaway container (see settings_problems), and a tenant whose new settings do not
+    load keeps its settings.py as it was (its compose file and vhost still follow
+    tenant.yaml: neither is read by the running container, and maintenance mode must work
+    for a broken tenant too). That raises SettingsBroken, unless `keep_going`: then the
+    tenant is in Rendered.rejected and the others are rendered. `check_all`: check new
+    settings of tenants that do not run too (when their image exists). `check=False`:
+    no check (a command that stops tenants). `keep_previous`: keep what each re-rendered
+    tenant's files held, so a caller whose later step fails can put them back
+    (restore_previous).
     """
     with locked(project):
         tenants = load_tenants(project) if tenants is None else tenants
@@ -189,16 +210,35 @@ def render(project: Project, names: Iterable[str] | None = None, tenants: list[T
         fresh = cache.get("project") == project_digest
         digests = cache.get("tenants", {}) if fresh else {}
         configs = cache.get("configs", {}) if fresh else {}
+        loads = cache.get("loads", {}) if fresh else {}  # what each tenant's settings.py last loaded with
         with_proxy = project.proxy.mode is not ProxyMode.NONE
         layout = proxy_layout(project) if with_proxy else None
         present = _listing(project.tenant_compose_dir) | (_listing(project.sites_dir) if with_proxy else set())
+        todo = []
         for tenant in chosen:
             runtime = current.runtime(tenant.name)
             digest = _inputs_digest(project_digest, tenant, images[tenant.name], runtime)
             if digests.get(tenant.name) == digest and _outputs_exist(project, tenant, with_proxy, present):
                 continue
+            todo.append((tenant, runtime, digest, render_settings(project, tenant, tenant.url())))
+        kinds = {t.name: migrations.graph_key(t, images) for t, _, _, _ in todo}
+        rejected, unchecked = _check_new_settings(
+            project, [(t, text) for t, _, _, text in todo if loads.get(t.name) != repr(kinds[t.name])],
+            images, check_all) if check else ({}, set())
+        if rejected and not keep_going:
+            raise migrations.SettingsBroken("\n".join(f"tenant {name}: {problem}" for name, problem in rejected.items()))
+        previous = {}
+        for tenant, runtime, digest, text in todo:
+            if keep_previous:
+                previous[tenant.name] = _files_of(project, tenant, with_proxy)
             ensure_tenant_files(tenant)
-            settings_digest = write_settings(project, tenant)
+            if tenant.name in rejected:  # what its container reads stays; rendered again next time
+                text = (tenant.path / "settings.py").read_text(encoding="utf-8")
+            else:
+                atomic_write(tenant.path / "settings.py", text)
+                if tenant.name not in unchecked:
+                    loads[tenant.name] = repr(kinds[tenant.name])
+            settings_digest = hashlib.sha256(text.encode()).hexdigest()[:16]
             doc = render_tenant_compose(project, tenant, images[tenant.name], runtime.subnet, settings_digest,
                                         runtime.live_slot)
             # The digest of everything the container is made from, as a label: `up` leaves a
@@ -209,14 +249,16 @@ def render(project: Project, names: Iterable[str] | None = None, tenants: list[T
             if with_proxy:
                 proxy.write_site(project, tenant.names.vhost, render_proxy_vhost(
                     tenant, layout, images[tenant.name], runtime.routed_slot))
-            digests[tenant.name] = digest
+            if tenant.name not in rejected:
+                digests[tenant.name] = digest
 
         if wanted is None:  # a full render also removes what belongs to no enabled tenant
             keep = {t.name for t in enabled}
-            for name in set(digests) | set(configs):
+            for name in set(digests) | set(configs) | set(loads):
                 if name not in keep:
                     digests.pop(name, None)
                     configs.pop(name, None)
+                    loads.pop(name, None)
             _remove_stale(project, keep, with_proxy)
         if with_proxy:
             proxy.write_site(project, DEFAULT_SITE, render_default_vhost(layout))
@@ -229,8 +271,134 @@ def render(project: Project, names: Iterable[str] | None = None, tenants: list[T
         if cache.get("stack") != stack_key or not project.compose_file.exists():
             atomic_write(project.compose_file, dump_compose(render_stack(project, enabled, proxy_image, subnets)))
         _write_render_cache(project, {"project": project_digest, "stack": stack_key, "tenants": digests,
-                                      "configs": configs})
-        return Rendered(enabled, context, image, proxy_context, proxy_image, images, configs)
+                                      "configs": configs, "loads": loads})
+        return Rendered(enabled, context, image, proxy_context, proxy_image, images, configs, rejected, previous)
+
+
+def _files_of(project: Project, tenant: Tenant, with_proxy: bool) -> dict[Path, str | None]:
+    """The generated files of a tenant and what they hold now (None: absent)."""
+    paths = [tenant.path / "settings.py", project.tenant_compose_file(tenant)]
+    if with_proxy:
+        paths.append(project.sites_dir / tenant.names.vhost)
+    return {path: path.read_text(encoding="utf-8") if path.is_file() else None for path in paths}
+
+
+def restore_previous(project: Project, rendered: Rendered, tenants: Iterable[Tenant]) -> None:
+    """Put back the files a render(keep_previous=True) replaced for these tenants (a later
+    step failed for them), and forget their render digests, so the next render writes
+    them again from tenant.yaml."""
+    tenants = list(tenants)
+    if not tenants:
+        return
+    with locked(project):
+        # The digests go first: a kill in between leaves files that the next render rewrites.
+        cache = _render_cache(project)
+        for tenant in tenants:
+            cache.get("tenants", {}).pop(tenant.name, None)
+            cache.get("loads", {}).pop(tenant.name, None)
+        _write_render_cache(project, cache)
+        for tenant in tenants:
+            for path, content in rendered.previous.get(tenant.name, {}).items():  # settings.py first
+                site = path.parent == project.sites_dir  # the proxy reloads for a changed vhost
+                if content is None:
+                    proxy.remove_site(project, path.name) if site else path.unlink(missing_ok=True)
+                else:
+                    proxy.write_site(project, path.name, content) if site else atomic_write(path, content)
+
+
+def _check_new_settings(project: Project, candidates: list[tuple[Tenant, str]], images: dict[str, str],
+                        check_all: bool) -> tuple[dict[str, str], set[str]]:
+    """The tenants (by name, with the error) whose new settings do not load, among those
+    whose settings.py would change and whose container runs (all, with check_all); and
+    the names of those that could not be checked (no image, no engine).
+
+    A running tenant whose image is not built yet (the code changed too) is checked in the
+    image its container runs: the best there is before `up` builds the new one.
+
+    The caller passes only tenants whose settings change in what decides whether they
+    load (extra apps, local_settings.py, image, tenantkit's templates and the project's
+    settings: not a title or a host name). Costs nothing when no settings text changes
+    (the usual render): the engine is asked only about tenants whose settings.py on disk
+    differs from the new text."""
+    changed = [(t, text) for t, text in candidates
+               if (t.path / "settings.py").is_file() and (t.path / "settings.py").read_text() != text]
+    if not changed:
+        return {}, set()
+    try:
+        client = engine.connect()
+    except ConfigError:  # no engine, so no container runs: nothing to protect, nothing to check with
+        return {}, {t.name for t, _ in changed}
+    found = engine.containers(client, project, changed[0][0].names.service if len(changed) == 1 else None)
+    running = {t.name for t, _ in changed if engine.state_of(found.get(t.names.service)) is ContainerState.RUNNING}
+    if not check_all:
+        changed = [(t, text) for t, text in changed if t.name in running]
+    usable = dict(images)
+    for tenant, _ in changed:
+        if tenant.name in running and not engine.image_id(client, images[tenant.name]):
+            usable[tenant.name] = found[tenant.names.service].image_id
+    problems = settings_problems(client, project, changed, usable)
+    unchecked = {t.name for t, _ in changed if not engine.image_id(client, usable[t.name])}
+    return problems, unchecked
+
+
+def settings_problems(client, project: Project, candidates: list[tuple[Tenant, str]],
+                      images: dict[str, str]) -> dict[str, str]:
+    """Load each candidate settings text as its tenant's settings.py (the application, in a
+    throwaway container of the tenant's image, without network); the failures, by tenant.
+
+    Tenants that share an image, extra apps and local_settings.py load the same code, so
+    one of each kind is checked and speaks for the others. A tenant whose image is not
+    built yet is not checked (its `up` builds it, and fails at migrate if need be)."""
+    from .fleet import run_each
+
+    kinds: dict[tuple, list[tuple[Tenant, str]]] = {}
+    for tenant, text in candidates:
+        if engine.image_id(client, images[tenant.name]):
+            kinds.setdefault(migrations.graph_key(tenant, images), []).append((tenant, text))
+    texts = {members[0][0].name: members[0][1] for members in kinds.values()}
+    problems: dict[tuple, str] = {}
+    if texts:  # throwaways a killed run left (a running one may be another process's)
+        for leftover in client.api.containers(all=True, filters={"label": [CHECK_LABEL, f"{OWNER_LABEL}={project.root}"],
+                                                                 "status": "exited"}):
+            client.api.remove_container(leftover["Id"], force=True)
+
+    def one(tenant: Tenant) -> None:
+        problem = _load_settings(client, project, tenant, texts[tenant.name], images[tenant.name])
+        if problem:
+            problems[migrations.graph_key(tenant, images)] = problem
+
+    for tenant, error in run_each([members[0][0] for members in kinds.values()], one, MIGRATE_JOBS).items():
+        problems[migrations.graph_key(tenant, images)] = f"its settings could not be checked: {error}"
+    return {t.name: problems[key] for key, members in kinds.items() if key in problems for t, _ in members}
+
+
+# What gunicorn --preload loads: the settings, every installed app, the WSGI application.
+# Not `manage.py check`: an error-level system check, or a URLconf that needs the
+# network at import, does not stop a tenant from starting.
+LOAD_APPLICATION = ["python", "-c", "from django.core.wsgi import get_wsgi_application; get_wsgi_application()"]
+CHECK_LABEL = "tenantkit.check"  # on the throwaway containers that load new settings
+
+
+def _load_settings(client, project: Project, tenant: Tenant, text: str, image: str) -> str | None:
+    """Load the application with `text` as the tenant's settings.py, in a throwaway
+    container made like the tenant's (see engine.run_throwaway: read-only, no network);
+    None when it loads, else the error's last line and the end of the output."""
+    service = tenant_service(project, tenant, image)
+    folder = project.cache_dir / "candidates"
+    folder.mkdir(parents=True, exist_ok=True)
+    candidate = folder / f"{tenant.name}-{os.getpid()}.py"
+    atomic_write(candidate, text)  # 0644: read by the container's user; it holds no secret
+    service["volumes"].append({"type": "bind", "source": str(candidate.resolve()),
+                               "target": f"/srv/tenants/{tenant.name}/settings.py"})
+    try:
+        code, output = engine.run_throwaway(client, service, project.tenant_compose_dir, LOAD_APPLICATION,
+                                            {OWNER_LABEL: str(project.root), CHECK_LABEL: tenant.name})
+    finally:
+        candidate.unlink(missing_ok=True)
+    if code == 0:
+        return None
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return f"its settings do not load: {lines[-1] if lines else f'exit {code}'}\n{tail(output)}"
 
 
 def _listing(folder: Path) -> set[str]:
@@ -304,11 +472,9 @@ def ensure_images(client, project: Project, rendered: Rendered, report: Report =
     builds = []
     if force or rendered.image in in_use or not in_use:
         builds.append((rendered.context, rendered.image, project.images.base, {"SETTINGS_MODULE": project.settings}))
-    for tag in sorted(in_use - {rendered.image}):
-        if not builder.image_exists(client, tag):
-            version = tag.rpartition(":")[2]
-            raise ConfigError(f"the image of release {version} ({tag}) is missing on this engine; "
-                              f"rebuild it with `tenant release build {version} --force`")
+    missing = unbuilt(client, project, rendered, chosen)
+    if missing:
+        raise ConfigError(next(iter(missing.values())))
     if rendered.proxy_context is not None:
         builds.append((rendered.proxy_context, rendered.proxy_image, project.images.proxy_base, {}))
     for context, tag, base, args in builds:
@@ -320,6 +486,30 @@ def ensure_images(client, project: Project, rendered: Rendered, report: Report =
     if assets or project.proxy.mode is not ProxyMode.NONE:
         for tag in in_use or {rendered.image}:
             builder.extract_assets(client, tag, project.assets_dir / release_of(tag))
+
+
+def unbuilt(client, project: Project, rendered: Rendered, tenants: list[Tenant]) -> dict[str, str]:
+    """The tenants whose release image is not on the engine (tenantkit builds only the
+    working tree's), each with what to do about it."""
+    images = {rendered.images[t.name] for t in tenants} - {rendered.image}
+    absent = {tag for tag in images if not builder.image_exists(client, tag)}
+    if not absent:
+        return {}
+    releases = state.load(project).releases
+    found = {}
+    for tenant in tenants:
+        tag = rendered.images[tenant.name]
+        if tag in absent:
+            version = tag.rpartition(":")[2]
+            if version not in releases:  # a pin, written by hand, to a release never built
+                found[tenant.name] = (
+                    f"tenant {tenant.name} is pinned to release {version!r}, which does not exist (releases: "
+                    f"{', '.join(sorted(releases)) or 'none yet'}); unpin it with `tenant set {tenant.name} release=`, "
+                    f"or build it with `tenant release build {version}`")
+            else:
+                found[tenant.name] = (f"the image of release {version} ({tag}), which tenant {tenant.name} runs, is "
+                                      f"missing on this engine; rebuild it with `tenant release build {version} --force`")
+    return found
 
 
 # ---------------------------------------------------------------------------
@@ -511,11 +701,19 @@ def migrate_many(project: Project, tenants: list[Tenant], found: dict, images: d
     """Migrate tenants, a few at a time; return the ones that failed, with their errors."""
     from .fleet import run_each
 
-    def one(tenant: Tenant) -> None:
-        report(f"migrating {tenant.name}")
-        migrate_tenant(project, tenant, migrations.runs_current_image(found, tenant, images[tenant.name]))
+    with track("migrating", len(tenants), report) as progress:
 
-    return run_each(tenants, one, MIGRATE_JOBS)
+        def one(tenant: Tenant) -> None:
+            if not progress.bar:
+                report(f"migrating {tenant.name}")
+            try:
+                migrate_tenant(project, tenant, migrations.runs_current_image(found, tenant, images[tenant.name]))
+            except Exception:
+                progress.advance(tenant.name, "failed", failed=True, line="")
+                raise
+            progress.advance(tenant.name, "migrated", line="")
+
+        return run_each(tenants, one, MIGRATE_JOBS)
 
 
 def reload_proxy(client, project: Project, tenants: list[Tenant], report: Report = quiet,
@@ -537,6 +735,6 @@ def remove_tenant_runtime(client, project: Project, tenant: Tenant) -> None:
 __all__ = [
     "Report", "Rendered", "quiet", "checked", "select", "write_tenant_yaml", "ensure_tenant_files",
     "write_settings", "next_port", "render", "current_config", "forget", "ensure_images", "check_network_pool",
-    "start_database", "ensure_database", "connect_networks", "start_services", "compose_services", "provision", "template_keys", "image_ids_of", "schema_key", "project_digest", "make_templates", "connection_limit", "migrate_tenant", "migrate_many", "reload_proxy",
+    "unbuilt", "settings_problems", "restore_previous", "start_database", "ensure_database", "connect_networks", "start_services", "compose_services", "provision", "template_keys", "image_ids_of", "schema_key", "project_digest", "make_templates", "connection_limit", "migrate_tenant", "migrate_many", "reload_proxy",
     "remove_tenant_runtime",
 ]

@@ -12,6 +12,7 @@ import re
 import secrets as _secrets
 import shutil
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Iterable
 
 from ..act import database, engine, health, migrations, state
 from ..act.engine import ContainerState, OperationFailed
-from ..act.files import atomic_write, locked
+from ..act.files import atomic_write, locked, port_is_free
 from ..model import (ConfigError, Project, ProxyMode, Tenant, check_count, check_host, check_hosts_free,
                      check_memory, check_module, check_name, check_port, check_release, check_title,
                      display_path, load_tenants, reserved_ports)
@@ -72,8 +73,9 @@ def new(project: Project, name: str, hosts: Iterable[str] = (), title: str | Non
 # render / build
 
 def render(project: Project) -> stack.Rendered:
-    """Write every tenant's artifacts and compose/compose.yaml; start nothing."""
-    return stack.render(project)
+    """Write every tenant's artifacts and compose/compose.yaml; start nothing. A running
+    tenant whose new settings do not load keeps its settings.py (Rendered.rejected)."""
+    return stack.render(project, keep_going=True)
 
 
 def build(project: Project, report: Report = quiet, force: bool = False) -> str:
@@ -108,32 +110,53 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
                 stack.write_tenant_yaml(project, replace(tenant, enabled=True))
                 tenants = [replace(t, enabled=True) if t.name == tenant.name else t for t in tenants]
         _finish_switches(project, select([t for t in tenants if t.enabled], names, all_))
-        rendered = stack.render(project, None if all_ else names, tenants)
+        # Images first (rendering no tenant), so new settings can be loaded in them before
+        # any file a running container reads is replaced.
+        images = stack.render(project, [], tenants)
+        wanted = select(images.tenants, names, all_)
+        unbuilt = stack.unbuilt(client, project, images, wanted)  # a pin to a release that is not there
+        if unbuilt and len(wanted) == 1:
+            raise ConfigError(unbuilt[wanted[0].name])
+        stack.ensure_images(client, project, images, report, names=[t.name for t in wanted if t.name not in unbuilt])
+        rendered = stack.render(project, None if all_ else names, tenants, keep_going=True, keep_previous=True)
         chosen = select(rendered.tenants, names, all_)
-        stack.ensure_images(client, project, rendered, report, names=[t.name for t in chosen])
+        failures: dict[Tenant, Exception] = {t: OperationFailed(unbuilt[t.name]) for t in chosen if t.name in unbuilt}
+        failures |= {
+            t: OperationFailed(f"tenant {t.name}: {rendered.rejected[t.name]}\nNothing of {t.name} was changed (a "
+                               f"running container keeps running, on the settings.py it has); fix "
+                               f"tenants/{t.name}/tenant.yaml (or `tenant set`), then `tenant up {t.name}` again")
+            for t in chosen if t.name in rendered.rejected and t.name not in unbuilt}
+        refused = set(failures)
+        chosen = [t for t in chosen if t not in refused]
         warning = engine.neighbour_table_warning(len(rendered.tenants))
         if warning:
             report(warning)
         only = chosen[0].names.service if len(chosen) == 1 else None
-        before = engine.containers(client, project, only)
+        before = engine.containers(client, project, only) if chosen else {}
         stack.ensure_database(client, project, report)
         image_ids = stack.image_ids_of(client, rendered.images, chosen)
         keys = stack.template_keys(client, project, chosen, rendered.images, image_ids)
         with ThreadPoolExecutor(max_workers=1) as pool:
             # Networks (with the database on them) and unstarted containers for tenants that
             # have none, while their databases are made.
-            networks = pool.submit(stack.connect_networks, client, project, chosen)
+            networks = pool.submit(stack.connect_networks, client, project, chosen) if chosen else None
             made = stack.provision(project, chosen, report, keys)
-            networks.result()
+            if networks is not None:
+                networks.result()
         fresh = [t for t in chosen if made.get(t.name) == "created"]
-        pending = migrations.pending_tenants(project, client, [t for t in chosen if made.get(t.name) is None],
-                                             before, rendered.images)
-        failures = stack.migrate_many(project, fresh + pending, before, rendered.images, report)
-        for tenant in failures:  # a tenant that was absent stays absent: drop the container made for it
-            if tenant.names.service not in before:
+        pending, broken = migrations.pending_tenants(project, client, [t for t in chosen if made.get(t.name) is None],
+                                                     before, rendered.images)
+        failures.update({t: OperationFailed(f"tenant {t.name}: {broken[t.name]}") for t in chosen if t.name in broken})
+        failures.update(stack.migrate_many(project, fresh + pending, before, rendered.images, report))
+        for tenant in [t for t in failures if t not in refused]:
+            if tenant.names.service not in before:  # a tenant that was absent stays absent
                 engine.compose(project, "rm", "-f", "-s", tenant.names.service, tenant=tenant, check=False)
+        # One that runs keeps running as it was, and keeps the files it reads.
+        stack.restore_previous(project, rendered, [t for t in failures if t.name in rendered.previous])
         stack.make_templates(client, project, [t for t in fresh if t not in failures], keys, report)
         chosen = [t for t in chosen if t not in failures]
+        if not chosen:
+            raise OperationFailed("\n".join(str(error) for error in failures.values()))
         stale = [t for t in chosen if not rendered.is_current(t, before.get(t.names.service), image_ids)]
         with ThreadPoolExecutor(max_workers=1) as pool:
             # A recreated container has a new address, which Apache only learns on a reload:
@@ -148,7 +171,7 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
         _deploy_checks(project, [t for t in stale if t in chosen], rendered, image_ids, report)
         health.wait_routed(project, chosen)
     if failures:  # the others are up; the command still fails, naming each failure
-        raise OperationFailed("\n".join(str(error) for error in failures.values()))
+        raise engine.PartlyFailed("\n".join(str(error) for error in failures.values()), chosen)
     return chosen
 
 
@@ -208,7 +231,8 @@ def down(project: Project, names: Iterable[str] = (), all_: bool = False,
     select(load_tenants(project), names, all_)
     engine.connect()
     with locked(project):
-        rendered = stack.render(project, None if all_ else names)
+        # Stopping needs no new settings: none are checked, and any tenant stops.
+        rendered = stack.render(project, None if all_ else names, check=False)
         chosen = select(rendered.tenants, names, all_)
         if all_:
             report("stopping the whole stack")
@@ -265,20 +289,42 @@ def set_values(project: Project, name: str, assignments: Iterable[str]) -> Tenan
         tenant = select(tenants, [name], False)[0]
         changed = replace(tenant, **changes)
         check_hosts_free(changed.hosts, tenants, except_name=name)
-        if "port" in changes:
+        if "port" in changes and changed.port != tenant.port:
             _check_port_free(project, tenants, changed)
+        if changes.get("release"):
+            _check_release_exists(project, changed.release)
+        # The new settings are loaded before anything is written (when its extra apps or
+        # release change what they import): a typo is refused here, not at the next restart.
+        rendered = stack.render(project, [name], [changed if t.name == name else t for t in tenants],
+                                keep_going=True, check_all=True, keep_previous=True)
+        if name in rendered.rejected:
+            stack.restore_previous(project, rendered, [changed])  # its vhost and compose file, as they were
+            raise ConfigError(f"tenant {name}: with {', '.join(assignments)} "
+                              f"{rendered.rejected[name].splitlines()[0]}; tenant.yaml was not changed")
         stack.write_tenant_yaml(project, changed)
-        stack.render(project, [name], [changed if t.name == name else t for t in tenants])
     return changed
 
 
 def _check_port_free(project: Project, tenants: list[Tenant], tenant: Tenant) -> None:
+    """A tenant's published port: none of tenantkit's own, no other tenant's, and nothing
+    else listening on it now."""
     reserved = reserved_ports(project)
     if tenant.port in reserved:
-        raise ConfigError(f"port {tenant.port} is {reserved[tenant.port]}; choose another port")
+        raise ConfigError(f"port {tenant.port} is {reserved[tenant.port]} (tenantkit.yaml); choose another port")
     for other in tenants:
         if other.name != tenant.name and other.port == tenant.port:
-            raise ConfigError(f"port {tenant.port} is already used by tenant {other.name!r}")
+            raise ConfigError(f"port {tenant.port} is already used by tenant {other.name!r}; choose another port")
+    if not port_is_free(tenant.port):
+        raise ConfigError(f"port {tenant.port} is in use by another program on 127.0.0.1 (see `ss -ltnp "
+                          f"'sport = :{tenant.port}'`); choose another port")
+
+
+def _check_release_exists(project: Project, version: str) -> None:
+    releases = state.load(project).releases
+    if version not in releases:
+        known = ", ".join(sorted(releases)) or "none yet"
+        raise ConfigError(f"unknown release {version!r} (releases: {known}); build it first with "
+                          f"`tenant release build {version}`, or pin to one of those")
 
 
 # ---------------------------------------------------------------------------
@@ -294,6 +340,7 @@ class TenantStatus:
     url: str
     port: int
     database: str
+    maintenance: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -316,7 +363,7 @@ def status(project: Project) -> list[TenantStatus]:
     healths = _health(project, tenants, found)
     return [TenantStatus(name=t.name, title=t.title, hosts=list(t.hosts), state=_state(t, found),
                          health=healths.get(t.name, ""), url=project.tenant_url(t), port=t.port,
-                         database=t.names.database) for t in tenants]
+                         database=t.names.database, maintenance=t.maintenance) for t in tenants]
 
 
 def status_detail(project: Project, names: Iterable[str] = ()) -> tuple[list[dict], database.Connections | None]:
@@ -365,21 +412,33 @@ def status_detail(project: Project, names: Iterable[str] = ()) -> tuple[list[dic
 # ---------------------------------------------------------------------------
 # manage
 
-def manage(project: Project, name: str, args: list[str], interactive: bool = False) -> int:
-    """Run `manage.py ARGS` in the tenant's context; return its exit code."""
+def manage(project: Project, name: str, args: list[str], interactive: bool = False,
+           env: dict[str, str] | None = None) -> int:
+    """Run `manage.py ARGS` in the tenant's context; return its exit code.
+
+    Standard input goes to the command (`echo 'print(1)' | tenant manage acme -- shell`),
+    and `env` adds variables to its environment (DJANGO_SUPERUSER_PASSWORD for
+    `createsuperuser --noinput`): passed by name, so no value shows in a process list."""
     select(load_tenants(project), [name], False)
     client = engine.connect()
     with locked(project):
-        rendered = stack.render(project, [name])
+        # New settings that do not load are not written (see stack.render): the command
+        # then runs on the settings the tenant has, and says so.
+        rendered = stack.render(project, [name], keep_going=True)
+        if name in rendered.rejected:
+            print(f"tenant: warning: {name}'s tenant.yaml gives settings that do not load "
+                  f"({rendered.rejected[name].splitlines()[0].partition(': ')[2]}); running on its current "
+                  "settings.py", file=sys.stderr)
         tenant = select(rendered.tenants, [name], False)[0]
         running = engine.state_of(engine.container(client, project, tenant.names.service)) is ContainerState.RUNNING
         if not running:
             stack.ensure_images(client, project, rendered, names=[name])
             stack.start_database(client, project, [tenant])
             stack.provision(project, [tenant])
-    argv = migrations.tenant_argv(tenant, ["python", "manage.py", *args], running, interactive)
+    env = env or {}
+    argv = migrations.tenant_argv(tenant, ["python", "manage.py", *args], running, interactive, list(env))
     return engine.compose(project, *argv, tenant=tenant, capture=False, check=False,
-                          interactive=interactive).returncode
+                          interactive=interactive, stdin=True, env=env).returncode
 
 
 # ---------------------------------------------------------------------------
@@ -394,7 +453,8 @@ def maintenance(project: Project, name: str, on: bool, report: Report = quiet) -
     with locked(project):
         tenant = replace(select(load_tenants(project), [name], False)[0], maintenance=on)
         stack.write_tenant_yaml(project, tenant)
-        rendered = stack.render(project, [name])
+        # Its vhost changes even when its new settings do not load (they are then not written).
+        rendered = stack.render(project, [name], keep_going=True)
         if client is not None:
             stack.ensure_images(client, project, rendered, report, names=[name])
         stack.reload_proxy(client, project, [tenant], report)
@@ -411,7 +471,7 @@ def apache_proxy(project: Project, out: Path, listen_port: int, report: Report =
                           "Apache to reach; set proxy.mode: host in tenantkit.yaml, then `tenant up --all`")
     client = engine.connect()
     with locked(project):
-        rendered = stack.render(project)
+        rendered = stack.render(project, keep_going=True)
         stack.ensure_images(client, project, rendered, report, assets=True)
         sites = render_sites(project, rendered.tenants, rendered.images, host_layout(project, listen_port))
         project.logs_dir.mkdir(parents=True, exist_ok=True)
