@@ -30,14 +30,17 @@ class PartlyFailed(OperationFailed):
         self.done = done
 
 
-def connect() -> docker.DockerClient:
-    """A client for a reachable Docker engine, or a ConfigError saying how to start one."""
+def connect(timeout: float = 120) -> docker.DockerClient:
+    """A client for a reachable Docker engine, or a ConfigError saying how to start one.
+    `timeout`: for each call (builds take long; `tenant doctor` waits 10 s at the most)."""
     try:
-        client = docker.from_env(timeout=120)
+        client = docker.from_env(timeout=timeout)
         client.ping()
     except docker.errors.DockerException as exc:
         reason = str(exc).split("(")[0].strip().rstrip(":") or type(exc).__name__
         raise ConfigError(f"no Docker engine is reachable ({reason}); {ENGINE_HINT}") from None
+    except OSError as exc:  # a timeout below the SDK's own errors
+        raise ConfigError(f"no Docker engine answered ({type(exc).__name__}); {ENGINE_HINT}") from None
     return client
 
 
@@ -268,20 +271,6 @@ def neighbour_table_warning(tenants: int) -> str | None:
 
 # ---------------------------------------------------------------------------
 # Read-only looks for `tenant doctor`: each one list call, whatever the fleet's size.
-
-def reach(timeout: float = 10) -> docker.DockerClient:
-    """A client for a reachable engine, waiting at most `timeout` seconds for any answer
-    (connect() waits two minutes, for builds); a ConfigError saying how to start one."""
-    try:
-        client = docker.from_env(timeout=timeout)
-        client.ping()
-    except docker.errors.DockerException as exc:
-        reason = str(exc).split("(")[0].strip().rstrip(":") or type(exc).__name__
-        raise ConfigError(f"no Docker engine is reachable ({reason}); {ENGINE_HINT}") from None
-    except OSError as exc:  # a timeout below the SDK's own errors
-        raise ConfigError(f"no Docker engine answered ({type(exc).__name__}); {ENGINE_HINT}") from None
-    return client
-
 
 def compose_version() -> str:
     """The version of Docker Compose v2 (`docker compose version --short`), such as 2.40.3;

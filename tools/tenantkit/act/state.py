@@ -129,6 +129,11 @@ def release_image(project: Project, version: str) -> str:
     return f"{project.images.app}:{version}"
 
 
+def listed(releases) -> str:
+    """The release versions, for a message: "1.0, 1.1", or "none yet"."""
+    return ", ".join(sorted(releases)) or "none yet"
+
+
 def image_for(project: Project, state: State, tenant: Tenant, source_image: str) -> str:
     """The image a tenant's container runs. Dev mode and projects without releases run the
     working tree's image."""

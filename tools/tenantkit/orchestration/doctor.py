@@ -205,7 +205,7 @@ def _load(project: Project, folders: list[str]) -> tuple[list[Finding], list[Ten
 def _engine() -> tuple[object | None, list[Finding]]:
     findings = []
     try:
-        client = engine.reach()
+        client = engine.connect(timeout=10)
         version = client.version()
         api = tuple(int(part) for part in version.get("ApiVersion", "0.0").split(".")[:2])
         line = f"Docker {version.get('Version', '?')} (API {version.get('ApiVersion', '?')})"

@@ -78,10 +78,6 @@ def archives(folder: Path) -> list[Archive]:
     return found
 
 
-def _real(path: str | Path) -> str:
-    return os.path.realpath(path)
-
-
 def plan(found: list[Archive], keep: int, tenants: list[Tenant], current: state.State,
          removed: bool = False, names: Iterable[str] | None = None) -> list[Decision]:
     """Decide, for each archive (of the named tenants only, when `names` is given), whether
@@ -90,8 +86,8 @@ def plan(found: list[Archive], keep: int, tenants: list[Tenant], current: state.
         raise ConfigError(f"--keep {keep} would remove a tenant's newest archive; keep at least 1")
     existing = {t.name for t in tenants}
     wanted = None if names is None else set(names)
-    rollback = {_real(rt.backup): name for name, rt in current.tenants.items() if rt.backup}
-    removing = {_real(t.removing): t.name for t in tenants if t.removing}
+    rollback = {os.path.realpath(rt.backup): name for name, rt in current.tenants.items() if rt.backup}
+    removing = {os.path.realpath(t.removing): t.name for t in tenants if t.removing}
     by_tenant: dict[str, list[Archive]] = {}
     for item in found:
         if wanted is None or item.tenant in wanted:
@@ -101,7 +97,7 @@ def plan(found: list[Archive], keep: int, tenants: list[Tenant], current: state.
         items.sort(key=lambda a: a.order, reverse=True)
         gone = tenant not in existing
         for rank, item in enumerate(items):
-            real = _real(item.path)
+            real = os.path.realpath(item.path)
             if rank == 0:
                 why = "the newest of a removed tenant (the one `tenant rm` made)" if gone else "newest"
             elif real in rollback:

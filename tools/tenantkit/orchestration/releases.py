@@ -568,12 +568,11 @@ def deploy(project: Project, version: str, names: Iterable[str] = (), keep_going
     names = list(names)
     releases = state.load(project).releases
     if version not in releases:
-        known = ", ".join(sorted(releases)) or "none yet"
-        raise ConfigError(f"unknown release {version!r} (releases: {known}); build it with `tenant release build {version}`")
+        raise ConfigError(f"unknown release {version!r} (releases: {state.listed(releases)}); build it with "
+                          f"`tenant release build {version}`")
     tenants = [t for t in load_tenants(project) if t.enabled]
     chosen = stack.select(tenants, names, not names) if names else [t for t in tenants if not t.release]
-    lock = _deploy_lock(project)
-    try:
+    with deploy_locked(project):
         client = engine.connect()
         if not builder.image_exists(client, release_image(project, version)):
             raise ConfigError(f"the image of release {version} is missing; rebuild it with "
@@ -601,8 +600,6 @@ def deploy(project: Project, version: str, names: Iterable[str] = (), keep_going
         # backups.keep, now that these tenants' pre-deploy backups are recorded (or not needed).
         housekeeping.retain_backups(project, [o.tenant for o in outcomes if o.result == "ok"], report)
         return outcomes
-    finally:
-        lock.release()
 
 
 # ---------------------------------------------------------------------------
@@ -653,8 +650,7 @@ def rollback(project: Project, names: Iterable[str] = (), report: Report = quiet
     for tenant in chosen:
         if not has_previous(tenant):
             raise ConfigError(f"tenant {tenant.name!r} has no previous release to roll back to")
-    lock = _deploy_lock(project)
-    try:
+    with deploy_locked(project):
         client = engine.connect()
         outcomes = [_rollback_one(client, project, tenant, report) for tenant in chosen]
         if not names and not any(o.failed for o in outcomes):
@@ -663,8 +659,6 @@ def rollback(project: Project, names: Iterable[str] = (), report: Report = quiet
                 if len(previous) == 1:
                     current.current = previous.pop()
         return outcomes
-    finally:
-        lock.release()
 
 
 def _rollback_one(client, project: Project, tenant: Tenant, report: Report) -> Outcome:

@@ -97,10 +97,13 @@ def ensure_tenant_files(tenant: Tenant) -> None:
     give_secret_to_app_user(tenant.secrets_file)
 
 
-def write_settings(project: Project, tenant: Tenant) -> str:
+def write_settings(tenant: Tenant, text: str) -> str:
     """Write the tenant's settings.py; return a short digest of its text."""
-    text = render_settings(project, tenant, tenant.url())
     atomic_write(tenant.path / "settings.py", text)
+    return settings_digest_of(text)
+
+
+def settings_digest_of(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -233,12 +236,11 @@ def render(project: Project, names: Iterable[str] | None = None, tenants: list[T
                 previous[tenant.name] = _files_of(project, tenant, with_proxy)
             ensure_tenant_files(tenant)
             if tenant.name in rejected:  # what its container reads stays; rendered again next time
-                text = (tenant.path / "settings.py").read_text(encoding="utf-8")
+                settings_digest = settings_digest_of((tenant.path / "settings.py").read_text(encoding="utf-8"))
             else:
-                atomic_write(tenant.path / "settings.py", text)
+                settings_digest = write_settings(tenant, text)
                 if tenant.name not in unchecked:
                     loads[tenant.name] = repr(kinds[tenant.name])
-            settings_digest = hashlib.sha256(text.encode()).hexdigest()[:16]
             doc = render_tenant_compose(project, tenant, images[tenant.name], runtime.subnet, settings_digest,
                                         runtime.live_slot)
             # The digest of everything the container is made from, as a label: `up` leaves a
@@ -332,12 +334,13 @@ def _check_new_settings(project: Project, candidates: list[tuple[Tenant, str]], 
     running = {t.name for t, _ in changed if engine.state_of(found.get(t.names.service)) is ContainerState.RUNNING}
     if not check_all:
         changed = [(t, text) for t, text in changed if t.name in running]
+    built = {tag: engine.image_id(client, tag) for tag in {images[t.name] for t, _ in changed}}  # one look each
     usable = dict(images)
     for tenant, _ in changed:
-        if tenant.name in running and not engine.image_id(client, images[tenant.name]):
+        if tenant.name in running and not built[images[tenant.name]]:
             usable[tenant.name] = found[tenant.names.service].image_id
-    problems = settings_problems(client, project, changed, usable)
-    unchecked = {t.name for t, _ in changed if not engine.image_id(client, usable[t.name])}
+    unchecked = {t.name for t, _ in changed if not built[images[t.name]] and t.name not in running}
+    problems = settings_problems(client, project, [(t, text) for t, text in changed if t.name not in unchecked], usable)
     return problems, unchecked
 
 
@@ -347,14 +350,13 @@ def settings_problems(client, project: Project, candidates: list[tuple[Tenant, s
     throwaway container of the tenant's image, without network); the failures, by tenant.
 
     Tenants that share an image, extra apps and local_settings.py load the same code, so
-    one of each kind is checked and speaks for the others. A tenant whose image is not
-    built yet is not checked (its `up` builds it, and fails at migrate if need be)."""
+    one of each kind is checked and speaks for the others. Their images are on the engine
+    (the caller leaves out a tenant whose image is not built yet)."""
     from .fleet import run_each
 
     kinds: dict[tuple, list[tuple[Tenant, str]]] = {}
     for tenant, text in candidates:
-        if engine.image_id(client, images[tenant.name]):
-            kinds.setdefault(migrations.graph_key(tenant, images), []).append((tenant, text))
+        kinds.setdefault(migrations.graph_key(tenant, images), []).append((tenant, text))
     texts = {members[0][0].name: members[0][1] for members in kinds.values()}
     problems: dict[tuple, str] = {}
     if texts:  # throwaways a killed run left (a running one may be another process's)
@@ -504,7 +506,7 @@ def unbuilt(client, project: Project, rendered: Rendered, tenants: list[Tenant])
             if version not in releases:  # a pin, written by hand, to a release never built
                 found[tenant.name] = (
                     f"tenant {tenant.name} is pinned to release {version!r}, which does not exist (releases: "
-                    f"{', '.join(sorted(releases)) or 'none yet'}); unpin it with `tenant set {tenant.name} release=`, "
+                    f"{state.listed(releases)}); unpin it with `tenant set {tenant.name} release=`, "
                     f"or build it with `tenant release build {version}`")
             else:
                 found[tenant.name] = (f"the image of release {version} ({tag}), which tenant {tenant.name} runs, is "

@@ -25,6 +25,7 @@ from ..model import (ConfigError, Project, ProxyMode, Tenant, check_count, check
                      check_memory, check_module, check_name, check_port, check_release, check_title,
                      display_path, load_tenants, reserved_ports)
 from ..render.apache import host_layout, render_sites
+from ..render.settings import render_settings
 from . import stack
 from .stack import Report, checked, quiet, select
 
@@ -59,7 +60,7 @@ def new(project: Project, name: str, hosts: Iterable[str] = (), title: str | Non
             staged = replace(tenant, path=staging)
             stack.ensure_tenant_files(staged)
             stack.write_tenant_yaml(project, staged)
-            stack.write_settings(project, staged)
+            stack.write_settings(staged, render_settings(project, staged, staged.url()))
             os.rename(staging, folder)
         finally:
             if staging.exists():
@@ -322,8 +323,7 @@ def _check_port_free(project: Project, tenants: list[Tenant], tenant: Tenant) ->
 def _check_release_exists(project: Project, version: str) -> None:
     releases = state.load(project).releases
     if version not in releases:
-        known = ", ".join(sorted(releases)) or "none yet"
-        raise ConfigError(f"unknown release {version!r} (releases: {known}); build it first with "
+        raise ConfigError(f"unknown release {version!r} (releases: {state.listed(releases)}); build it first with "
                           f"`tenant release build {version}`, or pin to one of those")
 
 
