@@ -8,8 +8,9 @@
 #   wheelhouse/              wheels for offline installs; empty means "install from PyPI"
 #   image/app/               tenantkit's runtime helpers (health check)
 #
-# With a registry this builds FROM python:3.11-slim; an air-gapped host passes a base
-# image it built itself (image/offline/build-bases.sh) as BASE_IMAGE.
+# With a registry this builds FROM python:X-slim (images.python in tenantkit.yaml); an
+# air-gapped host passes a base image it built itself (image/offline/build-bases.sh:
+# Debian 12's Python 3.11 or Debian 13's 3.13) as BASE_IMAGE.
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 

@@ -53,3 +53,4 @@ bench: deps images host-services
 	$(PYTHON) bench/deploy.py
 	$(PYTHON) bench/faults.py
 	$(PYTHON) bench/density.py
+	$(PYTHON) bench/memory.py

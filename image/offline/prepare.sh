@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
-# Prepare a host that cannot reach an image registry: build the base images and the
-# PostgreSQL image locally, download the Python wheels on the host, and point
-# tenantkit.local.yaml at them. Does nothing when the registry is reachable, and
-# skips every step that is already done.
+# Prepare a host that cannot reach an image registry: build the base images (Python 3.11
+# and 3.13, PostgreSQL, Apache) and the PostgreSQL image locally, and point
+# tenantkit.local.yaml at them and at a wheelhouse that `tenant build` fills on the host.
+# Does nothing when the registry is reachable, and skips every step that is already done.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 say() { echo "offline: $*" >&2; }
-PYTHON=${PYTHON:-python3}
 
 if [ "${TENANTKIT_OFFLINE:-auto}" = auto ]; then
-    if timeout 20 docker pull -q python:3.11-slim >/dev/null 2>&1; then
+    if timeout 20 docker pull -q python:3.13-slim >/dev/null 2>&1; then
         say "an image registry is reachable: using the images named in tenantkit.yaml"
         exit 0
     fi
@@ -28,24 +27,13 @@ if [ "$(docker image inspect -f '{{index .Config.Labels "tenantkit.source"}}' te
     docker build -q --label "tenantkit.source=$db_digest" -t tenantkit/postgres:15 image/db >/dev/null
 fi
 
-# Wheels for the app image, for the Python in the base image (3.11 on bookworm).
-requirements=$("$PYTHON" - <<'PY'
-import sys
-sys.path.insert(0, "tools")
-from pathlib import Path
-from tenantkit.model import load_project
-print(load_project(Path(".")).requirements)
-PY
-)
-stamp=.wheelhouse/.requirements
-want=$(cat "$requirements" image/app/runtime.txt | sha256sum)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    say "downloading wheels into .wheelhouse/"
-    rm -rf .wheelhouse && mkdir -p .wheelhouse
-    PIP_FIND_LINKS= "$PYTHON" -m pip download -q --only-binary=:all: --python-version 3.11 \
-        --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --implementation cp \
-        -d .wheelhouse -r "$requirements" -r image/app/runtime.txt
-    echo "$want" >"$stamp"
+# Wheels: `tenant build` fetches them on the host into .wheelhouse/ (one folder per Python
+# version and set of requirements, see tools/tenantkit/act/wheels.py). Wheels an earlier
+# version of this script put in .wheelhouse/ itself would be taken as a hand-made
+# wheelhouse for every Python: they go.
+if [ -f .wheelhouse/.requirements ]; then
+    say "moving to a wheelhouse per Python version"
+    rm -f .wheelhouse/*.whl .wheelhouse/.requirements
 fi
 
 marker="# Written by image/offline/prepare.sh"
@@ -54,8 +42,9 @@ if [ ! -f tenantkit.local.yaml ] || head -1 tenantkit.local.yaml | grep -q "^$ma
     cat >tenantkit.local.yaml <<'YAML'
 # Written by image/offline/prepare.sh: this host has no image registry, so it uses
 # locally built images and a local wheelhouse. Delete this file to use the registry.
+# {python} is images.python: Debian's Python 3.11 (bookworm) or 3.13 (trixie).
 images:
-  base: tenantkit/python-base:bookworm
+  base: "tenantkit/python-base:{python}"
   db: tenantkit/postgres:15
   proxy_base: tenantkit/services-base:bookworm
 wheelhouse: .wheelhouse

@@ -136,12 +136,20 @@ def own_stack(prefix: str, tenants: tuple[str, ...]):
         s.ok("up", "--all")
         yield s
     finally:
-        subprocess.run(["docker", "compose", "-f", str(root / "compose" / "compose.yaml"), "down", "-v", "-t", "2"],
-                       capture_output=True)
-        for image in docker.from_env().images.list(name=f"{name}/*"):
-            for tag in [t for t in image.tags if t.startswith(f"{name}/")]:
-                subprocess.run(["docker", "rmi", tag], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        remove_project(root)
+
+
+def remove_project(root: Path) -> None:
+    """Take a test's own project away: its stack with its volumes, its own image tags
+    (projects built from the same code share image ids: other projects' tags stay) and
+    its folder."""
+    name = yaml.safe_load((root / "tenantkit.yaml").read_text())["name"]
+    subprocess.run(["docker", "compose", "-f", str(root / "compose" / "compose.yaml"), "down", "-v", "-t", "2"],
+                   capture_output=True)
+    for image in docker.from_env().images.list(name=f"{name}/*"):
+        for tag in [t for t in image.tags if t.startswith(f"{name}/")]:
+            subprocess.run(["docker", "rmi", tag], capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def demo_copy_project(prefix: str) -> tuple[Path, dict[str, int]]:

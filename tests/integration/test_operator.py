@@ -319,5 +319,6 @@ def test_states_and_wording(ops):
         assert json.loads(ops.ok("list", "--json").out)[1]["maintenance"] is True
     finally:
         ops.ok("maintenance", "op2", "off")
-    uptime = ops.ok("status", "op1").out.splitlines()[1].split()[4]
+    table = ops.ok("status", "op1").out.splitlines()
+    uptime = table[1].split()[table[0].split().index("UPTIME") - 1]  # the header "OOM KILLS" is two words
     assert re.fullmatch(r"\d+s|\d+m\d\ds|\d+h\d\dm|\d+d\d+h", uptime), uptime

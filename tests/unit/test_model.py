@@ -70,7 +70,7 @@ def test_project_defaults(project):
     assert project.name == "tktest"
     assert project.settings == "main.settings"
     assert project.database.service and project.database.host == "db"
-    assert project.defaults.memory == "256m"
+    assert project.defaults.memory == "384m"
 
 
 def test_local_config_overrides_the_committed_one(project_dir):

@@ -130,18 +130,114 @@ def test_the_compose_document_round_trips_through_yaml(project):
     assert yaml.safe_load(dump_compose(doc)) == doc
 
 
-def test_settings_follow_the_seed_and_compile(project):
+def load_settings(tmp_path, text, base="", environ=None):
+    """Execute a rendered settings.py as Django would import it: with a real base settings
+    module (main/settings.py holding `base`, run at import) and the tenant's secrets.env
+    next to it; its globals, and the process environment it left."""
+    import os
+    import sys
+    from unittest import mock
+
+    folder = tmp_path / "tenant"
+    (tmp_path / "main").mkdir(exist_ok=True)
+    (tmp_path / "main" / "__init__.py").write_text("")
+    (tmp_path / "main" / "settings.py").write_text(
+        "import os\nINSTALLED_APPS = ['django.contrib.contenttypes']\nDATABASES = {'default': {}}\n"
+        # Names a project's base settings may define too (the demo's do): the tenant's win.
+        "TENANT_NAME = ''\nTENANT_HOSTS = []\nTENANT_TITLE = ''\nSITE_URL = 'http://localhost'\nSITE_TITLE = 'x'\n"
+        "TENANT_ROOT = '/'\n" + base)
+    folder.mkdir(exist_ok=True)
+    (folder / "secrets.env").write_text("# test\nTENANT_DB_PASSWORD=p/w d\nTENANT_SECRET_KEY=sk-1\n")
+    for name in ("main", "main.settings"):
+        sys.modules.pop(name, None)
+    with mock.patch.dict(os.environ, dict(environ or {}), clear=True), mock.patch.object(sys, "path", [str(tmp_path), *sys.path]):
+        namespace = {"__file__": str(folder / "settings.py"), "__name__": "tenants.acme.settings"}
+        try:
+            exec(compile(text, str(folder / "settings.py"), "exec"), namespace)
+        finally:
+            for name in ("main", "main.settings"):
+                sys.modules.pop(name, None)
+        left = dict(os.environ)
+    return namespace, left
+
+
+def test_settings_follow_the_seed_and_compile(project, tmp_path):
     text = render_settings(project, tenant(project, "acme", 8101), "http://acme.localhost:8101/")
-    compile(text, "settings.py", "exec")
     assert "from main.settings import *" in text
-    assert "ALLOWED_HOSTS = ['acme.localhost']" in text
-    assert "ALLOWED_HOSTS += ['tk-acme', 'a.tk-acme', 'b.tk-acme']" in text  # the proxy's health checks
-    assert "TENANT_ROOT = os.path.dirname(os.path.abspath(__file__))" in text
-    assert '"NAME": \'acme\'' in text and '"USER": \'acme\'' in text
-    assert 'MEDIA_ROOT = os.environ.get("TENANTKIT_MEDIA_ROOT") or os.path.join(TENANT_ROOT, "www", "content")' in text
-    assert "DEBUG = False" in text and "SECURE_PROXY_SSL_HEADER = None" in text
-    assert "SITE_TITLE = 'Acme'" in text
-    assert "INSTALLED_APPS" not in text
+    settings, _ = load_settings(tmp_path, text)
+    assert settings["ALLOWED_HOSTS"] == ["acme.localhost", "tk-acme", "a.tk-acme", "b.tk-acme"]  # + health checks
+    assert settings["TENANT_ROOT"] == str(tmp_path / "tenant")
+    database = settings["DATABASES"]["default"]
+    assert (database["NAME"], database["USER"], database["PASSWORD"]) == ("acme", "acme", "p/w d")
+    assert "TEST" not in database
+    assert settings["MEDIA_ROOT"] == str(tmp_path / "tenant" / "www" / "content")
+    assert settings["DEBUG"] is False and settings["SECURE_PROXY_SSL_HEADER"] is None
+    assert settings["SITE_TITLE"] == "Acme" and settings["SECRET_KEY"] == "sk-1"
+    assert (settings["TENANT_NAME"], settings["TENANT_HOSTS"], settings["TENANT_TITLE"]) == ("acme", ["acme.localhost"], "Acme")
+    assert settings["SITE_URL"] == "http://acme.localhost:8101/"
+    assert settings["INSTALLED_APPS"] == ["django.contrib.contenttypes"]
+
+
+def test_base_settings_read_the_tenants_own_database_url_and_secret_key(project, tmp_path):
+    """12-factor base settings (dj-database-url, django-environ) see the tenant's own
+    database, role and secret key in the environment, whatever the container was given."""
+    base = ("SEEN_URL = os.environ.get('DATABASE_URL', 'sqlite://')\n"
+            "SEEN_KEY = os.environ['DJANGO_SECRET_KEY']\nSEEN_OTHER_KEY = os.environ['SECRET_KEY']\n"
+            "if SEEN_URL.startswith('postgres'):\n    INSTALLED_APPS.append('django.contrib.postgres')\n")
+
+    text = render_settings(project, tenant(project, "acme", 8101), "http://acme.localhost/")
+    settings, left = load_settings(tmp_path, text, base, {"TENANT_DB_HOST": "db", "DATABASE_URL": "x://other"})
+    # The password's "/" and " " are quoted, so a URL parser gives them back intact.
+    assert settings["SEEN_URL"] == "postgres://acme:p%2Fw%20d@db:5432/acme"
+    from urllib.parse import unquote, urlsplit
+    assert unquote(urlsplit(settings["SEEN_URL"]).password) == "p/w d"
+    assert settings["SEEN_KEY"] == settings["SEEN_OTHER_KEY"] == "sk-1"
+    assert "django.contrib.postgres" in settings["INSTALLED_APPS"]
+    assert left["DATABASE_URL"] == settings["SEEN_URL"]
+    # Nothing of it is in the file: the secrets stay in secrets.env.
+    assert "p/w d" not in text and "sk-1" not in text
+
+
+def test_the_environment_variable_names_are_settings(project, tmp_path):
+    project = dataclasses.replace(project, environment=dataclasses.replace(
+        project.environment, database_url="DB_URL", secret_key=("APP_KEY",)))
+    text = render_settings(project, tenant(project, "acme", 8101), "http://acme.localhost/")
+    settings, left = load_settings(tmp_path, text, "SEEN = (os.environ['DB_URL'], os.environ['APP_KEY'])\n")
+    assert settings["SEEN"][0].startswith("postgres://acme:") and settings["SEEN"][1] == "sk-1"
+    assert "DATABASE_URL" not in left and "DJANGO_SECRET_KEY" not in left
+
+
+def test_project_wide_apps_and_settings_come_before_the_tenants_own(project, tmp_path):
+    """tenant_defaults.apps and project.tenant_settings apply to every tenant; the
+    snippet sees the tenant's name and hosts; what tenantkit sets per tenant wins."""
+    snippet = project.root / "tenant_settings.py"
+    snippet.write_text("BASE_URL = f'https://{TENANT_HOSTS[0]}'\nCACHE_PREFIX = TENANT_NAME\n"
+                       "ALLOWED_HOSTS = ['*']\nSITE_TITLE = 'everyone'\n")
+    project = dataclasses.replace(
+        project, defaults=dataclasses.replace(project.defaults, apps=("shared_app", "acme_reports")),
+        tenant_settings=snippet, tenant_settings_text=snippet.read_text())
+    text = render_settings(project, tenant(project, "acme", 8101, apps=("acme_reports",)), "http://acme.localhost/")
+    settings, _ = load_settings(tmp_path, text)
+    assert settings["BASE_URL"] == "https://acme.localhost" and settings["CACHE_PREFIX"] == "acme"
+    assert settings["INSTALLED_APPS"] == ["django.contrib.contenttypes", "shared_app", "acme_reports"]
+    assert settings["ALLOWED_HOSTS"][0] == "acme.localhost" and settings["SITE_TITLE"] == "Acme"
+    # A mistake in the snippet is reported with its own file name and line.
+    snippet.write_text("X = 1\nraise RuntimeError('boom')\n")
+    broken = dataclasses.replace(project, tenant_settings_text=snippet.read_text())
+    try:
+        load_settings(tmp_path, render_settings(broken, tenant(broken, "acme", 8101), "http://acme.localhost/"))
+    except RuntimeError as exc:
+        import traceback
+        frames = traceback.extract_tb(exc.__traceback__)
+        assert (frames[-1].filename, frames[-1].lineno) == ("tenant_settings.py", 2)
+    else:
+        raise AssertionError("the snippet's error did not surface")
+
+
+def test_tenant_test_names_a_test_database(project, tmp_path):
+    text = render_settings(project, tenant(project, "acme", 8101), "http://acme.localhost/")
+    settings, _ = load_settings(tmp_path, text, environ={"TENANTKIT_TEST_DATABASE": "acme.test"})
+    assert settings["DATABASES"]["default"]["TEST"] == {"NAME": "acme.test"}
 
 
 def test_a_title_with_quotes_stays_a_string_literal(project):
@@ -155,7 +251,7 @@ def test_a_title_with_quotes_stays_a_string_literal(project):
     assert namespace["SITE_TITLE"] == nasty
 
 
-def test_extra_apps_are_added_to_installed_apps(project):
-    t = tenant(project, "acme", 8101, apps=("acme_reports",))
-    text = render_settings(project, t, "http://acme.localhost/")
-    assert "INSTALLED_APPS = [*INSTALLED_APPS, *['acme_reports']]" in text
+def test_extra_apps_are_added_to_installed_apps(project, tmp_path):
+    t = tenant(project, "acme", 8101, apps=("acme_reports", "django.contrib.contenttypes"))
+    settings, _ = load_settings(tmp_path, render_settings(project, t, "http://acme.localhost/"))
+    assert settings["INSTALLED_APPS"] == ["django.contrib.contenttypes", "acme_reports"]  # no app twice

@@ -15,8 +15,9 @@ import click
 
 from . import orchestration as orch
 from . import progress
+from .act import memory as memory_of
 from .act.engine import OperationFailed, PartlyFailed
-from .model import ConfigError, Project, display_path, find_root, load_project
+from .model import ConfigError, Project, display_path, find_root, load_project, load_tenants
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
@@ -133,15 +134,29 @@ def down(ctx, names, all_):
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context
 def list_(ctx, as_json):
-    """List tenants with their state, URL and database."""
-    rows = orch.status(_project(ctx))
+    """List tenants with their state, health, memory, URL and database.
+
+    MEMORY is in use/limit, the peak since the container started, and the processes the
+    kernel killed for lack of memory (gunicorn workers too)."""
+    project = _project(ctx)
+    rows = orch.status(project)
     if as_json:
         click.echo(json.dumps([row.to_dict() for row in rows], indent=2))
         return
-    table = [("NAME", "STATE", "HEALTH", "URL", "DATABASE", "HOSTS")]
-    table += [(r.name, r.state + (" (maintenance)" if r.maintenance else ""), r.health or "-", r.url, r.database,
-               ",".join(r.hosts)) for r in rows]
+    table = [("NAME", "STATE", "HEALTH", "MEMORY", "URL", "DATABASE", "HOSTS")]
+    table += [(r.name, r.state + (" (maintenance)" if r.maintenance else ""), r.health or "-",
+               memory_of.summary(r.memory), r.url, r.database, ",".join(r.hosts)) for r in rows]
     print_table(table)
+    memory_advice(project, [(r.name, r.memory) for r in rows])
+
+
+def memory_advice(project: Project, rows) -> None:
+    """A line on stderr for each tenant the kernel killed processes of (they look healthy)."""
+    limits = {t.name: t.memory for t in load_tenants(project)}
+    for name, used in rows:
+        line = memory_of.advice(name, used, limits.get(name, "?"), invoked_as())
+        if line:
+            click.echo(f"warning: {line}", err=True)
 
 
 def duration(seconds: int | None) -> str:
@@ -213,6 +228,23 @@ def manage(ctx, all_, jobs, as_json, env_vars, words):
     ctx.exit(orch.manage(_project(ctx), name, command, interactive, env))
 
 
+@cli.command("test", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("name")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def test_(ctx, name, args):
+    """Run the project's tests in a tenant's context: tenant test acme [-- ARGS]
+
+    `manage.py test --keepdb ARGS` in a one-off container of the tenant (its release's
+    image and Python, its settings, apps and network; the working tree in dev mode), on a
+    test database tenantkit makes for it and drops afterwards. Exits with the suite's code."""
+    args = list(args)
+    if args[:1] == ["--"]:
+        args = args[1:]
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    ctx.exit(orch.test(_project(ctx), name, args, interactive, report))
+
+
 def environment(assignments: list[str]) -> dict[str, str]:
     """-e NAME=VALUE / -e NAME (its value in this environment; unset: not passed, as
     `docker run` does) as a mapping."""
@@ -250,8 +282,13 @@ def migrate(ctx, names, all_, jobs, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context
 def status(ctx, names, as_json):
-    """State, health, image, memory, uptime and database size of tenants."""
-    rows, server = orch.status_detail(_project(ctx), names)
+    """State, health, memory, uptime, database size and image of tenants.
+
+    MEMORY is in use of the limit; PEAK the most since the container started; OOM KILLS the
+    processes the kernel killed for lack of memory since then (gunicorn workers too: the
+    container stays up, and the requests they served failed)."""
+    project = _project(ctx)
+    rows, server = orch.status_detail(project, names)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -259,11 +296,16 @@ def status(ctx, names, as_json):
     def size(value):
         return "-" if value is None else f"{value / 2**20:.1f}MiB"
 
-    table = [("NAME", "STATE", "HEALTH", "MEMORY", "UPTIME", "DB SIZE", "DB CONN", "IMAGE")]
+    table = [("NAME", "STATE", "HEALTH", "MEMORY", "PEAK", "OOM KILLS", "UPTIME", "DB SIZE", "DB CONN", "IMAGE")]
     for r in rows:
+        used = r["memory"] or {}
         table.append((r["name"], r["state"] + (" (maintenance)" if r["maintenance"] else ""), r["health"] or "-",
-                      "-" if r["memory_mib"] is None else f"{r['memory_mib']}MiB",
-                      duration(r["uptime_seconds"]),
+                      "-" if used.get("used_mib") is None else
+                      f"{used['used_mib']:.0f}/{used['limit_mib']:.0f}MiB" if used.get("limit_mib") else
+                      f"{used['used_mib']:.0f}MiB",
+                      "-" if used.get("peak_mib") is None else f"{used['peak_mib']:.0f}MiB",
+                      "-" if used.get("oom_kills") is None else str(used["oom_kills"]),
+                      duration(r["uptime_seconds"]) + (f" ({r['restarts']} restarts)" if r.get("restarts") else ""),
                       size(r["database_bytes"]),
                       "-" if r["connections"] is None else f"{r['connections']}/{r['connection_limit']}",
                       r["image"] or "-"))
@@ -272,6 +314,8 @@ def status(ctx, names, as_json):
         busiest = max(server.by_database.items(), key=lambda item: item[1], default=("-", 0))
         click.echo(f"\ndatabase server: {server.in_use} of {server.limit} connections in use "
                    f"(busiest: {busiest[0]}, {busiest[1]})")
+    memory_advice(project, [(r["name"], memory_of.Memory(
+        used=None, peak=None, limit=None, oom_kills=(r["memory"] or {}).get("oom_kills"))) for r in rows])
 
 
 @cli.command()
@@ -281,7 +325,14 @@ def status(ctx, names, as_json):
 @click.pass_context
 def logs(ctx, name, follow, lines):
     """The tenant's container output, then its Apache access and error logs."""
-    ctx.exit(orch.logs(_project(ctx), name, follow, lines))
+    project = _project(ctx)
+    code = orch.logs(project, name, follow, lines)
+    # A worker killed for lack of memory is one line above, easily missed ("Perhaps out of memory?").
+    used, limit = orch.memory(project, name)
+    advice = memory_of.advice(name, used, limit, invoked_as())
+    if advice:
+        click.echo(f"warning: {advice}; `{invoked_as()} status {name}` shows its memory", err=True)
+    ctx.exit(code)
 
 
 @cli.command()

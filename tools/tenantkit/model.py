@@ -42,6 +42,14 @@ MEMORY_RE = re.compile(r"^([1-9][0-9]*)([kmg])$")
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
 
+# Python versions a tenant image can run: python:X-slim exists for each in public registries.
+PYTHON_VERSIONS = ("3.10", "3.11", "3.12", "3.13", "3.14")
+# An air-gapped host builds its base from Debian, which ships one Python per release; the
+# same table is in image/offline/build-bases.sh.
+DEBIAN_PYTHONS = {"3.11": "bookworm", "3.13": "trixie"}
+OFFLINE_BASE = "tenantkit/python-base:"  # the bases build-bases.sh makes, tagged by version
+PYTHON_PLACEHOLDER = "{python}"  # in images.base: replaced by images.python
+
 APP_PORT = 8000  # where gunicorn listens inside every tenant container
 
 
@@ -93,11 +101,12 @@ def tenant_names(name: str, database: str | None = None, role: str | None = None
 
 @dataclass(frozen=True)
 class Images:
-    base: str
+    base: str  # with images.python filled in
     app: str
     db: str
     proxy: str = "tenantkit/proxy"
     proxy_base: str = "httpd:2.4"
+    python: str = "3.11"  # the Python of tenant images: picks the base and the wheels
 
 
 class ProxyMode(str, enum.Enum):
@@ -161,10 +170,23 @@ class DatabaseServer:
 
 @dataclass(frozen=True)
 class TenantDefaults:
-    memory: str = "256m"
+    memory: str = "384m"  # bench/memory.py: a 5 MiB page, 4 at a time, peaks at 205 MiB
     workers: int = 1
     threads: int = 4
     cpus: float = 1.0
+    apps: tuple[str, ...] = ()  # installed in every tenant, before the tenant's own
+
+
+DEFAULT_SECRET_KEY_ENV = ("DJANGO_SECRET_KEY", "SECRET_KEY")
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The 12-factor variables every tenant process gets, for projects that read their
+    configuration from the environment (see docs/reference.md)."""
+
+    database_url: str = "DATABASE_URL"  # the tenant's own database and role, as a URL
+    secret_key: tuple[str, ...] = DEFAULT_SECRET_KEY_ENV  # the tenant's SECRET_KEY, under each name
 
 
 @dataclass(frozen=True)
@@ -186,6 +208,18 @@ class Project:
     backups_dir: Path | None = None
     backups_keep: int | None = None  # `backups.keep`: archives kept per tenant (None: all of them)
     dev: bool = False  # `tenant dev on`: tenants run the working tree with reloading
+    environment: Environment = Environment()
+    # project.tenant_settings: Python run in every tenant's settings after the base settings
+    # (its file, and its text, read once at load).
+    tenant_settings: Path | None = None
+    tenant_settings_text: str = field(default="", repr=False)
+
+    @property
+    def tenant_code(self) -> str:
+        """A digest of what the project adds to every tenant's code (tenant_defaults.apps
+        and the tenant settings snippet): part of the key of whatever depends on it."""
+        text = f"{self.defaults.apps!r}\0{self.tenant_settings_text}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16] if self.defaults.apps or self.tenant_settings_text else ""
 
     @property
     def state_file(self) -> Path:
@@ -275,6 +309,8 @@ class Tenant:
     cpus: float = 1.0  # the container's CPU limit
     debug: bool = False  # Django's DEBUG: never on for a tenant unless asked (or in dev mode)
     removing: str | None = None  # `tenant rm` under way: the archive it made; only `rm` continues
+    # What the project adds to every tenant's code (Project.tenant_code); not in tenant.yaml.
+    project_code: str = ""
     path: Path = field(default=Path("."), compare=False)
 
     @property
@@ -406,6 +442,31 @@ def check_module(value: Any) -> str:
 def check_image(value: Any) -> str:
     if not isinstance(value, str) or not IMAGE_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not an image reference such as postgres:15")
+    return value
+
+
+def check_base_image(value: Any) -> str:
+    """An image reference that may hold {python} (filled in from images.python)."""
+    if not isinstance(value, str) or not IMAGE_RE.fullmatch(value.replace(PYTHON_PLACEHOLDER, "3.11")):
+        raise ValueError(f"{value!r} is not an image reference such as python:{{python}}-slim")
+    return value
+
+
+def check_python(value: Any) -> str:
+    """A Python version of tenant images, such as "3.13"."""
+    if isinstance(value, float):  # YAML reads 3.13 as a number, and 3.10 as 3.1
+        value = f"{value}"
+        if value not in PYTHON_VERSIONS:
+            raise ValueError(f"{value!r} is not a Python version tenantkit knows; write it in quotes, such as "
+                             f'"3.10"; known: {", ".join(PYTHON_VERSIONS)}')
+    if value not in PYTHON_VERSIONS:
+        raise ValueError(f"{value!r} is not a Python version tenantkit knows: use one of {', '.join(PYTHON_VERSIONS)}")
+    return value
+
+
+def check_env_name(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", value):
+        raise ValueError(f"{value!r} is not an environment variable name such as DJANGO_SECRET_KEY")
     return value
 
 
@@ -568,7 +629,26 @@ def load_project(root: Path) -> Project:
     settings = proj.get("settings", check_module, required=True)
     requirements = root / proj.get("requirements", check_text, required=True)
     health_path = proj.get("health_path", check_text, "/healthz/")
+    snippet = proj.get("tenant_settings", check_text, None)
+    environment = Environment(
+        database_url=proj.get("database_url_env", check_env_name, Environment.database_url),
+        secret_key=proj.get("secret_key_env", _list_of(check_env_name), DEFAULT_SECRET_KEY_ENV),
+    )
     proj.done()
+    tenant_settings, tenant_settings_text = None, ""
+    if snippet:
+        tenant_settings = root / snippet
+        try:
+            tenant_settings_text = tenant_settings.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise proj.error("tenant_settings", f"{display_path(tenant_settings)} cannot be read "
+                             f"({exc.strerror if isinstance(exc, OSError) else exc}); name a Python file "
+                             "of settings for every tenant") from None
+        try:
+            compile(tenant_settings_text, str(tenant_settings), "exec")
+        except SyntaxError as exc:
+            raise ConfigError(f"{display_path(tenant_settings)}:{exc.lineno}: {exc.msg}; fix the tenant "
+                              "settings file named by project.tenant_settings") from None
     if not (source / "manage.py").is_file():
         raise proj.error("source", f"{display_path(source)} holds no manage.py; name the Django project folder")
     if not requirements.is_file():
@@ -579,14 +659,21 @@ def load_project(root: Path) -> Project:
     domain = top.get("domain", check_host, "localhost")
 
     img = top.section("images")
+    python = img.get("python", check_python, Images.python)
+    base = img.get("base", check_base_image, f"python:{PYTHON_PLACEHOLDER}-slim")
     images = Images(
-        base=img.get("base", check_image, "python:3.11-slim"),
+        base=base.replace(PYTHON_PLACEHOLDER, python),
         app=img.get("app", check_image, f"{name}/app"),
         db=img.get("db", check_image, "postgres:15"),
         proxy=img.get("proxy", check_image, f"{name}/proxy"),
         proxy_base=img.get("proxy_base", check_image, "httpd:2.4"),
+        python=python,
     )
     img.done()
+    if images.base.startswith(OFFLINE_BASE) and PYTHON_PLACEHOLDER in base and python not in DEBIAN_PYTHONS:
+        offline = ", ".join(f"{version} ({release})" for version, release in DEBIAN_PYTHONS.items())
+        raise (img.error("python", f"{python!r} has no base image on this host, which builds its bases from "
+                         f"Debian: Python {offline}; choose one of those, or set images.base to an image with Python {python}"))
 
     db = top.section("database")
     service = db.get("service", _bool, True)
@@ -637,6 +724,7 @@ def load_project(root: Path) -> Project:
         workers=dflt.get("workers", check_count, TenantDefaults.workers),
         threads=dflt.get("threads", check_count, TenantDefaults.threads),
         cpus=dflt.get("cpus", check_cpus, TenantDefaults.cpus),
+        apps=tuple(dict.fromkeys(dflt.get("apps", _list_of(check_module), ()))),
     )
     dflt.done()
     top.done()
@@ -645,7 +733,8 @@ def load_project(root: Path) -> Project:
         health_path=health_path, domain=domain, images=images, database=database,
         wheelhouse=(root / wheelhouse) if wheelhouse else None, first_port=first_port,
         defaults=defaults, proxy=proxy, networks=networks, backups_dir=root / backups, backups_keep=backups_keep,
-        dev=(root / ".tenantkit" / "dev").exists(),
+        dev=(root / ".tenantkit" / "dev").exists(), environment=environment,
+        tenant_settings=tenant_settings, tenant_settings_text=tenant_settings_text,
     )
 
 
@@ -745,6 +834,7 @@ def tenant_from_mapping(project: Project, name: str, data: dict, lines: dict[str
         cpus=f.get("cpus", check_cpus, project.defaults.cpus),
         debug=f.get("debug", _bool, False),
         removing=f.get("removing", check_text, None),
+        project_code=project.tenant_code,
         path=folder,
     )
     db = f.section("database")
@@ -796,7 +886,7 @@ def tenant_folder_names(project: Project) -> list[str]:
 
 
 TENANT_FIELDS = ("name", "hosts", "title", "port", "memory", "workers", "threads", "apps", "maintenance",
-                 "enabled", "release", "database", "db_user", "cpus", "debug", "removing")
+                 "enabled", "release", "database", "db_user", "cpus", "debug", "removing", "project_code")
 
 
 def _tenant_record(tenant: Tenant) -> dict:
@@ -817,7 +907,7 @@ def load_tenants(project: Project) -> list[Tenant]:
     project's defaults too, and deleting it is always safe.
     """
     cache_path = project.cache_dir / "tenants.json"
-    key = hashlib.sha256(repr(project.defaults).encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{project.defaults!r}\0{project.tenant_code}".encode()).hexdigest()[:16]
     try:
         cache = json.loads(cache_path.read_text())
         entries = cache["tenants"] if cache.get("key") == key else {}

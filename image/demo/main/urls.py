@@ -9,6 +9,7 @@ from notes import views
 urlpatterns = [
     path("", views.home, name="home"),
     path("notes/", views.add_note, name="add-note"),
+    path("notes/archive/", views.archive, name="archive"),
     path("uploads/", views.add_upload, name="add-upload"),
     path("healthz/", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),

@@ -33,6 +33,12 @@ def home(request):
     })
 
 
+def archive(request):
+    """Every note on one page: the demo's content-heavy page (bench/memory.py sizes the
+    default memory limit on it)."""
+    return render(request, "notes/archive.html", {"site_title": settings.SITE_TITLE, "notes": Note.objects.all()})
+
+
 @require_POST
 def add_note(request):
     form = NoteForm(request.POST)

@@ -26,6 +26,8 @@ import docker.errors
 from docker.utils.build import PatternMatcher
 
 from ..model import LOCAL_CONFIG_FILE, ConfigError, Project, display_path
+from .. import progress
+from . import wheels
 from .engine import OperationFailed, tail
 
 SKIP_DIRS = frozenset({
@@ -101,13 +103,13 @@ def context_files(project: Project) -> list[tuple[str, Path]]:
     files = [("Dockerfile", tool_root / "Dockerfile")]
     files += [(f"image/app/{p.name}", p) for p in sorted((tool_root / "image" / "app").iterdir())
               if p.is_file()]
+    runtime = tool_root / "image" / "app" / "runtime.txt"
     files.append(("requirements/project.txt", project.requirements))
-    files.append(("requirements/runtime.txt", tool_root / "image" / "app" / "runtime.txt"))
-    if project.wheelhouse is not None:
-        if not project.wheelhouse.is_dir():
-            raise ConfigError(f"wheelhouse {project.wheelhouse} does not exist; run `make wheels` "
-                              "or remove `wheelhouse` from tenantkit.yaml")
-        files += [(f"wheelhouse/{p.name}", p) for p in sorted(project.wheelhouse.glob("*.whl"))]
+    files.append(("requirements/runtime.txt", runtime))
+    if project.wheelhouse is not None:  # wheels for images.python, fetched on the host when missing
+        folder = wheels.ensure(project, project.images.python, [project.requirements, runtime],
+                               lambda message: progress.echo(f"· {message}"))
+        files += [(f"wheelhouse/{p.name}", p) for p in sorted(folder.glob("*.whl"))]
     files += [(f"source/{relative}", path) for relative, path in source_files(project)]
     return files
 

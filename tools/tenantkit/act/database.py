@@ -464,3 +464,39 @@ def login_roles(conn) -> list[RoleInfo]:
         cur.execute("SELECT rolname, rolcanlogin, rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication "
                     "OR rolbypassrls FROM pg_roles WHERE rolcanlogin AND rolname NOT LIKE 'pg\\_%' ORDER BY rolname")
         return [RoleInfo(*row) for row in cur.fetchall()]
+
+
+# ---------------------------------------------------------------------------
+# `tenant test`: a throwaway database for the project's test suite. A tenant's role may
+# not create databases, so tenantkit makes one, owned by the role and closed to others
+# like the tenant's own, and drops it afterwards. Its name holds a "." that no tenant's
+# database can have, so it never meets one.
+
+TEST_COMMENT = "tenantkit: test database of tenant "
+
+
+def test_database_name(names: TenantNames) -> str:
+    name = f"{names.database}.test"
+    if len(name) > 63:  # PostgreSQL's limit: a long name is cut and made unique by a hash
+        name = f"{names.database[:46]}_{hashlib.sha256(names.database.encode()).hexdigest()[:8]}.test"
+    return name
+
+
+def create_test_database(conn, names: TenantNames) -> str:
+    """A new, empty test database owned by the tenant's role (one a killed run left is
+    dropped first); its name."""
+    name = test_database_name(names)
+    database = sql.Identifier(name)
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(database))
+        cur.execute(sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8' TEMPLATE template0")
+                    .format(database, sql.Identifier(names.role)))
+        cur.execute(sql.SQL("COMMENT ON DATABASE {} IS %s").format(database), (TEST_COMMENT + names.tenant,))
+        cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(database))
+        cur.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(database, sql.Identifier(names.role)))
+    return name
+
+
+def drop_test_database(conn, names: TenantNames) -> None:
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(test_database_name(names))))

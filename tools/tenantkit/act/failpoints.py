@@ -22,6 +22,7 @@ STEPS = {
     "up": ("template-copied", "copied"),  # a template cut from a fresh database; a copy of a template
     "release-rm": ("untagged", "assets-removed"),  # `release rm` and `release prune`, per release
     "backup-prune": ("removed-one",),  # after each archive retention removes
+    "test": ("created",),  # `tenant test`: its test database made, the suite not run yet
 }
 
 

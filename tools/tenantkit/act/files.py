@@ -119,6 +119,16 @@ def locked(project: Project):
     return _Held()
 
 
+def held_elsewhere(lock: filelock.FileLock) -> bool:
+    """Whether another process holds this lock now (a lock of timeout 0)."""
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        return True
+    lock.release()
+    return False
+
+
 def port_is_free(port: int) -> bool:
     """True when nothing listens on 127.0.0.1:port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -55,9 +55,11 @@ class SettingsBroken(OperationFailed):
 
 
 def _code_digest(tenant: Tenant) -> str:
-    """What a tenant adds to the code its image runs: extra apps and local_settings.py."""
+    """What a tenant adds to the code its image runs: extra apps and local_settings.py, and
+    what the project adds to every tenant (tenant_defaults.apps, project.tenant_settings)."""
     local = tenant.path / "local_settings.py"
-    return hashlib.sha256(repr(tenant.apps).encode() + (local.read_bytes() if local.is_file() else b"")).hexdigest()
+    return hashlib.sha256(f"{tenant.apps!r}\0{tenant.project_code}".encode()
+                          + (local.read_bytes() if local.is_file() else b"")).hexdigest()
 
 
 def graph_key(tenant: Tenant, images: dict[str, str]) -> tuple:

@@ -22,7 +22,7 @@ import subprocess
 from pathlib import Path
 
 from ..act import build as builder
-from ..act import database
+from ..act import database, wheels
 from ..act.engine import OperationFailed, tail
 from ..act.files import atomic_write, locked
 from ..act.secrets import read_env_file
@@ -85,8 +85,12 @@ def make_release(project: Project, root: Path, version: str, python: str, report
         pip = [str(staging / "python" / "bin" / "python"), "-m", "pip", "install", "-q",
                "--disable-pip-version-check", "-r", str(project.requirements),
                "-r", str(builder.image_root(project) / "image" / "app" / "runtime.txt")]
-        if project.wheelhouse is not None:
-            pip += ["--no-index", "--find-links", str(project.wheelhouse)]
+        if project.wheelhouse is not None:  # wheels for the host's Python, which mod_wsgi embeds
+            host_python = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                         capture_output=True, text=True, check=True).stdout.strip()
+            runtime = builder.image_root(project) / "image" / "app" / "runtime.txt"
+            folder = wheels.ensure(project, host_python, [project.requirements, runtime], report)
+            pip += ["--no-index", "--find-links", str(folder)]
         report("installing requirements")
         _run(pip, "installing requirements")
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": project.settings}

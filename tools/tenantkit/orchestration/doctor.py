@@ -26,6 +26,7 @@ import psycopg2
 import yaml
 
 from ..act import database, engine, migrations, state
+from ..act import memory as memory_of
 from ..act.engine import Container, ContainerState
 from ..act.files import port_is_free
 from ..act.migrations import exec_in
@@ -33,6 +34,7 @@ from ..model import (ConfigError, Project, ProxyMode, Tenant, check_name, check_
                      load_tenants, reserved_ports, tenant_folder_names, tenant_names)
 from ..render.apache import DEFAULT_SITE
 from . import stack
+from .tenants import test_running
 from .fleet import bounded
 from .stack import Report, quiet
 
@@ -676,6 +678,33 @@ def check_containers(facts: Facts) -> list[Finding]:
     return findings
 
 
+def check_memory(facts: Facts) -> list[Finding]:
+    """No running tenant had processes killed for lack of memory: a killed gunicorn worker
+    fails the requests it served while the container stays up and looks healthy."""
+    if facts.containers is None:
+        return [Finding("memory", WARN, "not checked: the Docker engine is unreachable", NO_ENGINE)]
+    findings, counted = [], 0
+    for tenant in facts.active:
+        current = facts.service(tenant.names.service)
+        if current is None or current.state is not ContainerState.RUNNING:
+            continue
+        used = memory_of.read(current.id)
+        if used is None or used.oom_kills is None:
+            continue
+        counted += 1
+        advice = memory_of.advice(tenant.name, used, tenant.memory)
+        if advice:
+            problem, _, fix = advice.partition(" Give it more: ")
+            findings.append(Finding("memory", WARN, problem + f" (peak {memory_of.summary(used)})", fix,
+                                    tenant=tenant.name))
+    if findings:
+        return findings
+    if not counted:
+        return [Finding("memory", OK, "no running tenant's memory can be read here (an engine on another host, "
+                                      "or none running)")]
+    return [Finding("memory", OK, f"{counted} running tenants, none had a process killed for lack of memory")]
+
+
 def check_networks(facts: Facts) -> list[Finding]:
     """Every network labelled for the project is a tenant's (or Compose's default)."""
     if facts.networks is None:
@@ -724,6 +753,9 @@ def check_databases(facts: Facts) -> list[Finding]:
         if info.name in system or info.name in known_dbs or info.is_template \
                 or info.name.startswith(database.TEMPLATE_PREFIX):
             continue
+        if info.comment.startswith(database.TEST_COMMENT) and test_running(
+                project, info.comment[len(database.TEST_COMMENT):]):
+            continue  # `tenant test` is using it; one a killed run left is an orphan like any other
         looks_ours = (info.owner == info.name and info.owner in roles and not roles[info.owner].powerful) \
             or info.comment.startswith(database.UNSETTLED_PREFIX) or info.name.startswith(("tk_new_", "tk_old_"))
         if own_server or looks_ours:
@@ -885,6 +917,6 @@ def _tree_size(folders: list[Path], deadline: float) -> tuple[int, bool]:
 
 
 CHECKS = (check_network_pool, check_kernel, check_database, check_proxy, check_ports, check_state, check_containers,
-          check_networks, check_databases, check_folders, check_certificates, check_backup_space)
+          check_memory, check_networks, check_databases, check_folders, check_certificates, check_backup_space)
 
 __all__ = ["Finding", "doctor", "error_line", "CHECKS", "OK", "WARN", "FAIL"]

@@ -27,7 +27,7 @@ from ..act import archive, database, engine, health, migrations, state
 from ..act import build as builder
 from ..act.engine import ContainerState, OperationFailed, tail
 from ..act.failpoints import failpoint
-from ..act.files import locked
+from ..act.files import held_elsewhere, locked
 from ..act.secrets import read_env_file
 from ..act.state import Release, TenantRuntime, other_slot, release_image
 from ..model import ConfigError, Project, ProxyMode, Tenant, check_release, display_path, load_tenants
@@ -364,13 +364,7 @@ def deploy_locked(project: Project) -> Iterator[None]:
 
 def deploy_running(project: Project) -> bool:
     """Whether a deploy or rollback holds the deploy lock now."""
-    lock = _deploy_file_lock(project)
-    try:
-        lock.acquire()
-    except filelock.Timeout:
-        return True
-    lock.release()
-    return False
+    return held_elsewhere(_deploy_file_lock(project))
 
 
 def _set_runtime(project: Project, tenant: Tenant, runtime: TenantRuntime) -> stack.Rendered:

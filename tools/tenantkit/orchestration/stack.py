@@ -158,7 +158,9 @@ def _project_digest(project: Project, proxy_image: str | None) -> str:
             digest.update(path.name.encode() + path.read_bytes())
         digest.update(Path(__file__).with_name("stack.py").read_bytes())
         _TEMPLATES_DIGEST.append(digest.hexdigest())
-    return hashlib.sha256(f"{project!r}\0{proxy_image}\0{_TEMPLATES_DIGEST[0]}".encode()).hexdigest()
+    # The settings snippet's text is not in the repr; its digest is in tenant_code.
+    text = f"{project!r}\0{project.tenant_code}\0{proxy_image}\0{_TEMPLATES_DIGEST[0]}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _inputs_digest(project_digest: str, tenant: Tenant, image: str, runtime: state.TenantRuntime) -> str:
@@ -643,7 +645,7 @@ def image_ids_of(client, images: dict[str, str], tenants: list[Tenant]) -> dict[
 def schema_key(tenant: Tenant, image_id: str, extra: str = "") -> str:
     """What decides a tenant's schema beyond its image: extra apps, and Python files it
     carries in its folder (local_settings.py, an app of its own). "IMAGE_ID:DIGEST"."""
-    digest = hashlib.sha256(f"{image_id}\0{sorted(tenant.apps)}\0{extra}".encode())
+    digest = hashlib.sha256(f"{image_id}\0{sorted(tenant.apps)}\0{tenant.project_code}\0{extra}".encode())
     for path in sorted(tenant.path.rglob("*.py")):
         if path.name != "settings.py" or path.parent != tenant.path:  # settings.py: rendered per tenant
             digest.update(str(path.relative_to(tenant.path)).encode() + b"\0" + path.read_bytes())

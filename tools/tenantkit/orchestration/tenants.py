@@ -18,9 +18,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
+import filelock
+
 from ..act import database, engine, health, migrations, state
+from ..act import memory as memory_of
 from ..act.engine import ContainerState, OperationFailed
-from ..act.files import atomic_write, locked, port_is_free
+from ..act.failpoints import failpoint
+from ..act.files import atomic_write, held_elsewhere, locked, port_is_free
 from ..model import (ConfigError, Project, ProxyMode, Tenant, check_count, check_host, check_hosts_free,
                      check_memory, check_module, check_name, check_port, check_release, check_title,
                      display_path, load_tenants, reserved_ports)
@@ -341,9 +345,12 @@ class TenantStatus:
     port: int
     database: str
     maintenance: bool = False
+    memory: memory_of.Memory | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        row = asdict(self)
+        row["memory"] = self.memory.to_dict() if self.memory else None
+        return row
 
 
 def _health(project: Project, tenants: list[Tenant], found: dict) -> dict[str, str]:
@@ -356,14 +363,20 @@ def _state(tenant: Tenant, found: dict) -> str:
     return (engine.state_of(found.get(tenant.names.service)) if tenant.enabled else ContainerState.DISABLED).value
 
 
+def _memory(tenant: Tenant, found: dict) -> memory_of.Memory | None:
+    current = found.get(tenant.names.service)
+    return memory_of.read(current.id) if engine.state_of(current) is ContainerState.RUNNING else None
+
+
 def status(project: Project) -> list[TenantStatus]:
-    """Every tenant with its container's state (running, stopped, absent) and health."""
+    """Every tenant with its container's state (running, stopped, absent), health and memory."""
     tenants = load_tenants(project)
     found = engine.containers(engine.connect(), project)
     healths = _health(project, tenants, found)
     return [TenantStatus(name=t.name, title=t.title, hosts=list(t.hosts), state=_state(t, found),
                          health=healths.get(t.name, ""), url=project.tenant_url(t), port=t.port,
-                         database=t.names.database, maintenance=t.maintenance) for t in tenants]
+                         database=t.names.database, maintenance=t.maintenance, memory=_memory(t, found))
+            for t in tenants]
 
 
 def status_detail(project: Project, names: Iterable[str] = ()) -> tuple[list[dict], database.Connections | None]:
@@ -390,23 +403,35 @@ def status_detail(project: Project, names: Iterable[str] = ()) -> tuple[list[dic
         current = found.get(tenant.names.service)
         row = {"name": tenant.name, "state": _state(tenant, found), "health": healths.get(tenant.name, ""),
                "url": project.tenant_url(tenant), "image": current.image if current else None,
-               "memory_mib": None, "uptime_seconds": None, "maintenance": tenant.maintenance,
+               "memory_mib": None, "memory": None, "memory_limit": tenant.memory, "restarts": None,
+               "uptime_seconds": None, "maintenance": tenant.maintenance,
                "database": tenant.names.database, "database_bytes": sizes.get(tenant.names.database),
                "connections": connections.by_database.get(tenant.names.database, 0) if connections else None,
                "connection_limit": stack.connection_limit(tenant)}
         if engine.state_of(current) is ContainerState.RUNNING:
-            stats = client.api.stats(current.id, stream=False, one_shot=True).get("memory_stats", {})
-            inner = stats.get("stats", {})
-            inactive = inner.get("total_inactive_file", inner.get("inactive_file", 0))
-            row["memory_mib"] = round((stats.get("usage", 0) - inactive) / 2**20, 1)
-            started = client.api.inspect_container(current.id)["State"]["StartedAt"]
+            used = memory_of.read(current.id)
+            if used is None:  # an engine on another host: its own figures
+                used = memory_of.from_stats(client.api.stats(current.id, stream=False, one_shot=True))
+            row["memory"] = used.to_dict()
+            row["memory_mib"] = row["memory"]["used_mib"]
+            inspected = client.api.inspect_container(current.id)
+            started = inspected["State"]["StartedAt"]
             since = dt.datetime.fromisoformat(started[:26].rstrip("Z") + "+00:00")
             row["uptime_seconds"] = int((dt.datetime.now(dt.timezone.utc) - since).total_seconds())
+            # Restarts by the engine, after the container's first process died (of a kill, too).
+            row["restarts"] = inspected.get("RestartCount", 0)
         return row
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         rows = list(pool.map(detail, chosen))
     return rows, connections
+
+
+def memory(project: Project, name: str) -> tuple[memory_of.Memory | None, str]:
+    """The memory of a tenant's running container (None: not running, or unreadable here),
+    and its limit as tenant.yaml gives it."""
+    tenant = select(load_tenants(project), [name], False)[0]
+    return _memory(tenant, engine.containers(engine.connect(), project, tenant.names.service)), tenant.memory
 
 
 # ---------------------------------------------------------------------------
@@ -439,6 +464,67 @@ def manage(project: Project, name: str, args: list[str], interactive: bool = Fal
     argv = migrations.tenant_argv(tenant, ["python", "manage.py", *args], running, interactive, list(env))
     return engine.compose(project, *argv, tenant=tenant, capture=False, check=False,
                           interactive=interactive, stdin=True, env=env).returncode
+
+
+# ---------------------------------------------------------------------------
+# test
+
+TEST_DATABASE_ENV = "TENANTKIT_TEST_DATABASE"  # read by the tenant's settings.py (see the template)
+
+
+def test_lock(project: Project, name: str) -> filelock.FileLock:
+    """Held while `tenant test NAME` runs (its test database is then in use, not left over)."""
+    return filelock.FileLock(str(project.state_dir / f"test-{name}.lock"), timeout=0)
+
+
+def test_running(project: Project, name: str) -> bool:
+    return (project.state_dir / f"test-{name}.lock").exists() and held_elsewhere(test_lock(project, name))
+
+
+def test(project: Project, name: str, args: list[str], interactive: bool = False, report: Report = quiet) -> int:
+    """Run the project's test suite (`manage.py test --keepdb ARGS`) in the tenant's
+    context: a one-off container of its service (its image and Python, settings, apps,
+    secrets, network and limits; the working tree in dev mode), against a test database
+    tenantkit creates as admin, owned by the tenant's role, and drops afterwards. The
+    suite's exit code.
+
+    `--keepdb` makes Django use that database instead of creating one, which the tenant's
+    role may not; its migrations still run on it. One run per tenant at a time."""
+    select(load_tenants(project), [name], False)
+    client = engine.connect()
+    project.state_dir.mkdir(parents=True, exist_ok=True)
+    run_lock = test_lock(project, name)
+    try:
+        run_lock.acquire()
+    except filelock.Timeout:
+        raise ConfigError(f"tests of {name} are already running (another `tenant test {name}`); wait for them "
+                          "to finish") from None
+    try:
+        with locked(project):
+            rendered = stack.render(project, [name], keep_going=True)
+            if name in rendered.rejected:
+                raise migrations.SettingsBroken(f"tenant {name}: {rendered.rejected[name]}")
+            tenant = select(rendered.tenants, [name], False)[0]
+            stack.ensure_images(client, project, rendered, names=[name])
+            stack.start_database(client, project, [tenant])
+            stack.provision(project, [tenant])
+        conn = database.admin_connect(project)
+        try:
+            test_database = database.create_test_database(conn, tenant.names)
+            failpoint("test", "created")
+            env = {TEST_DATABASE_ENV: test_database}
+            argv = migrations.tenant_argv(tenant, ["python", "manage.py", "test", "--keepdb", "--noinput", *args],
+                                          False, interactive, list(env))
+            return engine.compose(project, *argv, tenant=tenant, capture=False, check=False,
+                                  interactive=interactive, stdin=True, env=env).returncode
+        finally:
+            try:
+                database.drop_test_database(conn, tenant.names)
+                report(f"dropped the test database {database.test_database_name(tenant.names)}")
+            finally:
+                conn.close()
+    finally:
+        run_lock.release()
 
 
 # ---------------------------------------------------------------------------
@@ -506,5 +592,5 @@ def logs(project: Project, name: str, follow: bool = False, lines: int = 100) ->
             tails.terminate()
 
 
-__all__ = ["new", "render", "build", "up", "down", "set_values", "SETTABLE", "status", "status_detail",
+__all__ = ["new", "render", "build", "up", "down", "set_values", "SETTABLE", "status", "status_detail", "memory", "test",
            "TenantStatus", "manage", "maintenance", "apache_proxy", "logs"]

@@ -1,11 +1,17 @@
 """Render a tenant's settings.py in the seed's style."""
+import os
+
 from ..model import SLOTS, Project, ProxyMode, Tenant
 from . import environment
 
 
 def render_settings(project: Project, tenant: Tenant, site_url: str,
                     db_host: str | None = None, db_port: int | None = None) -> str:
-    """The tenant's settings module: base settings, then its hosts, database, media, title."""
+    """The tenant's settings module: its identity, the 12-factor environment, the base
+    settings, the project's settings for every tenant, then its hosts, database, media, title."""
+    snippet_path = ""
+    if project.tenant_settings is not None:
+        snippet_path = os.path.relpath(project.tenant_settings, project.root)
     return environment.get_template("settings.py.j2").render(
         tenant=tenant,
         base_settings=project.settings,
@@ -16,4 +22,8 @@ def render_settings(project: Project, tenant: Tenant, site_url: str,
         debug=tenant.debug or project.dev,
         backend_hosts=[tenant.names.backend_host, *(tenant.names.slot_host(slot) for slot in SLOTS)]
         if project.proxy.mode is ProxyMode.COMPOSE else [],
+        environment=project.environment,
+        project_apps=[app for app in project.defaults.apps if app not in tenant.apps],
+        snippet=project.tenant_settings_text,
+        snippet_path=snippet_path,
     )
