@@ -77,16 +77,22 @@ def test_twelve_factor_settings_get_each_tenants_own_database(twelve):
     north, south = health(twelve, "north"), health(twelve, "south")
     assert (north["database"], north["user"]) == ("north", "north")
     assert (south["database"], south["user"]) == ("south", "south")
-    # DATABASE_URL named PostgreSQL, so the project turned its PostgreSQL app on by itself:
-    # without it, migrate fails with postgres.E005 (its ArrayField) and no tenant starts.
+    # The project's own DATABASE_URL parsing found each tenant's own database and role.
+    assert north["from_url"] == {"ENGINE": "django.db.backends.postgresql", "NAME": "north", "USER": "north",
+                                 "HOST": "db"}
+    assert south["from_url"]["NAME"] == south["from_url"]["USER"] == "south"
+    # Without django.contrib.postgres, migrate fails with postgres.E005 (its ArrayField).
     assert north["postgres_app"] is True
     books = requests.post(f"http://127.0.0.1:{twelve.proxy_port()}/", headers={"Host": "north.localhost"},
                           data={"title": "Dune", "tag": ["sf", "classic"]}, timeout=10)
     assert books.status_code == 403  # CSRF still guards it: the project's own middleware, unchanged
+    # The project's required DJANGO_SECRET_KEY was the tenant's own; once the settings are
+    # loaded, neither variable is left in the process's environment.
     shell = twelve.ok("manage", "north", "--", "shell", "-c",
-                      "import os; print(os.environ['DATABASE_URL'].split('@')[1]); "
-                      "from django.conf import settings; print(settings.SECRET_KEY == os.environ['DJANGO_SECRET_KEY'])")
-    assert shell.out.split()[-2:] == ["db:5432/north", "True"]  # after Django 6's "N objects imported"
+                      "import os; from django.conf import settings; "
+                      "print(settings.SECRET_KEY_FROM_ENVIRONMENT == settings.SECRET_KEY, "
+                      "'DATABASE_URL' in os.environ, 'DJANGO_SECRET_KEY' in os.environ)")
+    assert shell.out.split()[-3:] == ["True", "False", "False"]  # after Django 6's "N objects imported"
     # Neither the URL nor the key is in the container's definition, or in the compose files.
     client = docker.from_env()
     for name in ("north", "south"):
@@ -191,3 +197,18 @@ def test_a_test_database_a_killed_run_left_is_found_and_cleared(twelve):
     assert run.code == 0 and "Ran 3 tests" in run.err, run.err
     doctor = json.loads(twelve.cli("doctor", "--json").out)["checks"]
     assert not [f for f in doctor if "north.test" in f["message"]]
+    # A test database left behind never blocks removing the tenant: its role owns it.
+    killed = twelve.cli("test", "south", env={**os.environ, "TENANTKIT_FAILPOINT": "test:created"})
+    assert killed.code == 137
+    twelve.ok("rm", "south", "--yes")
+    password = (twelve.root / ".tenantkit" / "db.env").read_text().split("POSTGRES_PASSWORD=")[1].split()[0]
+    conn = psycopg2.connect(host="127.0.0.1", port=twelve.db_port(), user="postgres", password=password,
+                            dbname="postgres")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT datname FROM pg_database WHERE datname LIKE 'south%%'")
+            assert cur.fetchall() == []
+            cur.execute("SELECT rolname FROM pg_roles WHERE rolname = 'south'")
+            assert cur.fetchall() == []
+    finally:
+        conn.close()

@@ -119,3 +119,28 @@ def test_a_changed_settings_snippet_reaches_every_tenants_settings(project_dir):
     for name in ("acme", "zed"):
         text = (project_dir / "tenants" / name / "settings.py").read_text()
         assert "SHARED = 'two'" in text and "SHARED = 'one'" not in text
+
+
+def test_naming_the_image_never_fetches_wheels_only_building_it_does(project_dir, tmp_path, monkeypatch):
+    """Every command renders, and so names the image; only a build may wait on PyPI."""
+    from tenantkit.act import build
+    write_project(project_dir, wheelhouse=str(tmp_path / "wheels"))
+    project = load_project(project_dir)
+    fetched = []
+
+    def fetch(project, python, files, report=None):
+        fetched.append(python)
+        folder = wheels.folder_for(project, python, files)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "django-5.2-py3-none-any.whl").write_bytes(b"wheel")
+        return folder
+
+    monkeypatch.setattr(wheels, "ensure", fetch)
+    context = build.build_context(project, project.images.base)
+    assert fetched == [] and not (tmp_path / "wheels").exists()
+    data = context.for_build()
+    assert fetched == [project.images.python] and b"wheelhouse/django-5.2-py3-none-any.whl" in data
+    # The wheels it got do not change the image's name: their folder's name already did.
+    assert build.build_context(project, project.images.base).digest == context.digest
+    write_project(project_dir, wheelhouse=str(tmp_path / "wheels"), images={**{"app": "tktest/app"}, "python": "3.13"})
+    assert build.build_context(load_project(project_dir), "python:3.11-slim").digest != context.digest

@@ -17,7 +17,7 @@ from . import orchestration as orch
 from . import progress
 from .act import memory as memory_of
 from .act.engine import OperationFailed, PartlyFailed
-from .model import ConfigError, Project, display_path, find_root, load_project, load_tenants
+from .model import ConfigError, Project, display_path, find_root, load_project
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
@@ -147,16 +147,16 @@ def list_(ctx, as_json):
     table += [(r.name, r.state + (" (maintenance)" if r.maintenance else ""), r.health or "-",
                memory_of.summary(r.memory), r.url, r.database, ",".join(r.hosts)) for r in rows]
     print_table(table)
-    memory_advice(project, [(r.name, r.memory) for r in rows])
+    memory_advice([(r.name, r.memory.oom_kills if r.memory else None, r.memory_limit) for r in rows])
 
 
-def memory_advice(project: Project, rows) -> None:
-    """A line on stderr for each tenant the kernel killed processes of (they look healthy)."""
-    limits = {t.name: t.memory for t in load_tenants(project)}
-    for name, used in rows:
-        line = memory_of.advice(name, used, limits.get(name, "?"), invoked_as())
-        if line:
-            click.echo(f"warning: {line}", err=True)
+def memory_advice(rows: list[tuple[str, int | None, str]], extra: str = "") -> None:
+    """A line on stderr for each tenant (name, OOM kills, limit) the kernel killed processes
+    of: they look healthy otherwise."""
+    for name, kills, limit in rows:
+        found = memory_of.advice(name, kills, limit, invoked_as())
+        if found:
+            click.echo(f"warning: {found[0]}; {found[1]}{extra}", err=True)
 
 
 def duration(seconds: int | None) -> str:
@@ -314,8 +314,7 @@ def status(ctx, names, as_json):
         busiest = max(server.by_database.items(), key=lambda item: item[1], default=("-", 0))
         click.echo(f"\ndatabase server: {server.in_use} of {server.limit} connections in use "
                    f"(busiest: {busiest[0]}, {busiest[1]})")
-    memory_advice(project, [(r["name"], memory_of.Memory(
-        used=None, peak=None, limit=None, oom_kills=(r["memory"] or {}).get("oom_kills"))) for r in rows])
+    memory_advice([(r["name"], (r["memory"] or {}).get("oom_kills"), r["memory_limit"]) for r in rows])
 
 
 @cli.command()
@@ -329,9 +328,7 @@ def logs(ctx, name, follow, lines):
     code = orch.logs(project, name, follow, lines)
     # A worker killed for lack of memory is one line above, easily missed ("Perhaps out of memory?").
     used, limit = orch.memory(project, name)
-    advice = memory_of.advice(name, used, limit, invoked_as())
-    if advice:
-        click.echo(f"warning: {advice}; `{invoked_as()} status {name}` shows its memory", err=True)
+    memory_advice([(name, used.oom_kills if used else None, limit)], f"; `{invoked_as()} status {name}` shows its memory")
     ctx.exit(code)
 
 

@@ -157,6 +157,9 @@ class DatabaseServer:
     admin_password_file: Path | None = None  # external servers only
     max_connections: int = 1000  # the compose db service's max_connections
     templates: bool = True  # new tenants' databases are copies of a migrated template (see docs)
+    # django.contrib.postgres in every tenant's INSTALLED_APPS: its database is PostgreSQL,
+    # and apps that use PostgreSQL's features there (Wagtail's search) need it.
+    postgres_app: bool = True
 
     @property
     def admin_host(self) -> str:
@@ -215,11 +218,18 @@ class Project:
     tenant_settings_text: str = field(default="", repr=False)
 
     @property
+    def tenant_apps(self) -> tuple[str, ...]:
+        """The apps every tenant gets: django.contrib.postgres (database.postgres_app), then
+        tenant_defaults.apps."""
+        apps = ("django.contrib.postgres",) if self.database.postgres_app else ()
+        return tuple(dict.fromkeys(apps + self.defaults.apps))
+
+    @property
     def tenant_code(self) -> str:
-        """A digest of what the project adds to every tenant's code (tenant_defaults.apps
-        and the tenant settings snippet): part of the key of whatever depends on it."""
-        text = f"{self.defaults.apps!r}\0{self.tenant_settings_text}"
-        return hashlib.sha256(text.encode()).hexdigest()[:16] if self.defaults.apps or self.tenant_settings_text else ""
+        """A digest of what the project adds to every tenant's code (its apps and the tenant
+        settings snippet): part of the key of whatever depends on it."""
+        text = f"{self.tenant_apps!r}\0{self.tenant_settings_text}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16] if self.tenant_apps or self.tenant_settings_text else ""
 
     @property
     def state_file(self) -> Path:
@@ -687,6 +697,7 @@ def load_project(root: Path) -> Project:
         admin_password_file=(root / password_file) if password_file else None,
         max_connections=db.get("max_connections", lambda v: check_count(v, 20, 100000), 1000),
         templates=db.get("templates", _bool, True),
+        postgres_app=db.get("postgres_app", _bool, True),
     )
     db.done()
     if not service and database.admin_password_file is None:

@@ -17,7 +17,7 @@ import re
 import shutil
 import stat
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -40,12 +40,20 @@ LABEL = "tenantkit.source"
 
 @dataclass(frozen=True)
 class BuildContext:
-    data: bytes
+    data: bytes  # the tar of every file but the wheels
     digest: str
+    files: tuple[tuple[str, Path], ...] = ()
+    # The wheelhouse's wheels, fetched when missing: only when the image is built, so a
+    # command that only names the image (every render) never waits on PyPI.
+    wheels: Callable[[], list[tuple[str, Path]]] | None = field(default=None, compare=False)
 
     @property
     def short(self) -> str:
         return self.digest[:12]
+
+    def for_build(self) -> bytes:
+        """The tar the engine builds from: the files and the wheels."""
+        return self.data if self.wheels is None else _tar([*self.files, *self.wheels()])
 
 
 def _own_paths(project: Project) -> list[Path]:
@@ -103,19 +111,19 @@ def context_files(project: Project) -> list[tuple[str, Path]]:
     files = [("Dockerfile", tool_root / "Dockerfile")]
     files += [(f"image/app/{p.name}", p) for p in sorted((tool_root / "image" / "app").iterdir())
               if p.is_file()]
-    runtime = tool_root / "image" / "app" / "runtime.txt"
     files.append(("requirements/project.txt", project.requirements))
-    files.append(("requirements/runtime.txt", runtime))
-    if project.wheelhouse is not None:  # wheels for images.python, fetched on the host when missing
-        folder = wheels.ensure(project, project.images.python, [project.requirements, runtime],
-                               lambda message: progress.echo(f"· {message}"))
-        files += [(f"wheelhouse/{p.name}", p) for p in sorted(folder.glob("*.whl"))]
+    files.append(("requirements/runtime.txt", runtime_requirements(project)))
     files += [(f"source/{relative}", path) for relative, path in source_files(project)]
     return files
 
 
-def make_context(files: list[tuple[str, Path]], extra: str) -> BuildContext:
-    """A deterministic tar of `files` and its digest; `extra` names inputs that are not files."""
+def runtime_requirements(project: Project) -> Path:
+    """What every tenant container needs besides the project's requirements."""
+    return image_root(project) / "image" / "app" / "runtime.txt"
+
+
+def _tar(files: list[tuple[str, Path]]) -> bytes:
+    """A deterministic tar of `files`: sorted as given, fixed times and owners."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for directory in sorted({name.rsplit("/", 1)[0] for name, _ in files if "/" in name}
@@ -130,15 +138,34 @@ def make_context(files: list[tuple[str, Path]], extra: str) -> BuildContext:
             # The file's own read and execute bits; never writable by others, never setuid.
             info.mode = stat.S_IMODE(path.stat().st_mode) & 0o755
             tar.addfile(info, io.BytesIO(data))
-    data = buffer.getvalue()
+    return buffer.getvalue()
+
+
+def make_context(files: list[tuple[str, Path]], extra: str,
+                 wheels: Callable[[], list[tuple[str, Path]]] | None = None) -> BuildContext:
+    """A deterministic tar of `files` and its digest; `extra` names inputs that are not files
+    (the wheels among them: `wheels` gives them when the image is built)."""
+    data = _tar(files)
     digest = hashlib.sha256(data)
     digest.update(f"\0{extra}".encode())
-    return BuildContext(data=data, digest=digest.hexdigest())
+    return BuildContext(data=data, digest=digest.hexdigest(), files=tuple(files), wheels=wheels)
 
 
 def build_context(project: Project, base_image: str) -> BuildContext:
-    """The context of the shared Django image; the base image and settings module count too."""
-    return make_context(context_files(project), f"{base_image}\0{project.settings}")
+    """The context of the shared Django image; the base image, the settings module and the
+    wheelhouse's folder for images.python (named by what decides its wheels) count too."""
+    extra = f"{base_image}\0{project.settings}"
+    if project.wheelhouse is None:
+        return make_context(context_files(project), extra)
+    requirements = [project.requirements, runtime_requirements(project)]
+
+    def fetched() -> list[tuple[str, Path]]:
+        folder = wheels.ensure(project, project.images.python, requirements,
+                               lambda message: progress.echo(f"· {message}"))
+        return [(f"wheelhouse/{p.name}", p) for p in sorted(folder.glob("*.whl"))]
+
+    identity = wheels.identity(project, project.images.python, requirements)
+    return make_context(context_files(project), f"{extra}\0{identity}", fetched)
 
 
 def proxy_context(project: Project) -> BuildContext:
@@ -189,7 +216,7 @@ def build_image(client: docker.DockerClient, context: BuildContext, tag: str, ba
     ensure_base_image(client, base)
     log: list[str] = []
     stream = client.api.build(
-        fileobj=io.BytesIO(context.data), custom_context=True, tag=tag, rm=True, forcerm=True,
+        fileobj=io.BytesIO(context.for_build()), custom_context=True, tag=tag, rm=True, forcerm=True,
         buildargs={"BASE_IMAGE": base, **buildargs}, labels={LABEL: context.digest}, decode=True,
     )
     for chunk in stream:

@@ -344,7 +344,9 @@ def restore_database(project: Project, names: TenantNames, source, password: str
 
 
 def drop_database(conn, names: TenantNames) -> None:
-    """Drop the tenant's database (closing its connections) and its role."""
+    """Drop the tenant's database (closing its connections), a test database of its (a
+    `tenant test` killed or under way: the role owns it), and its role."""
+    drop_test_database(conn, names)
     with conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (names.database,))
         if cur.fetchone():

@@ -111,14 +111,13 @@ def summary(memory: Memory | None) -> str:
     return text
 
 
-def advice(name: str, memory: Memory | None, current_limit: str, tool: str = "tenant") -> str | None:
-    """What to do about kills: one line naming the tenant, the count and the fix."""
-    if memory is None or not memory.oom_kills:
+def advice(name: str, oom_kills: int | None, limit: str, tool: str = "tenant") -> tuple[str, str] | None:
+    """What to say about kills: the problem, naming the tenant and the count, and the fix."""
+    if not oom_kills:
         return None
-    suggestion = _double(current_limit)
-    return (f"{name}: the kernel killed {memory.oom_kills} process{'es' if memory.oom_kills > 1 else ''} of it for "
-            f"lack of memory since it started (limit {current_limit}); requests they served failed. Give it more: "
-            f"{tool} set {name} memory={suggestion}, then {tool} up {name}")
+    return (f"{name}: the kernel killed {oom_kills} process{'es' if oom_kills > 1 else ''} of it for lack of memory "
+            f"since it started (limit {limit}); the requests they served failed",
+            f"give it more: {tool} set {name} memory={_double(limit)}, then {tool} up {name}")
 
 
 def _double(limit: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -24,11 +25,13 @@ from typing import Callable
 from ..model import ConfigError, Project, display_path
 from .engine import OperationFailed, tail
 
-PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64")
+MACHINES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
-def requirement_files(project: Project, runtime: Path) -> list[Path]:
-    return [project.requirements, runtime]
+def platforms() -> list[str]:
+    """pip's platform tags for this host's machine, which its engine builds images for."""
+    machine = MACHINES.get(platform.machine().lower(), platform.machine().lower())
+    return [f"manylinux2014_{machine}", f"manylinux_2_17_{machine}", f"manylinux_2_28_{machine}"]
 
 
 def folder_for(project: Project, python: str, files: list[Path]) -> Path:
@@ -40,6 +43,15 @@ def folder_for(project: Project, python: str, files: list[Path]) -> Path:
     for path in files:
         digest.update(b"\0" + path.read_bytes())
     return project.wheelhouse / f"cp{python.replace('.', '')}-{digest.hexdigest()[:12]}"
+
+
+def identity(project: Project, python: str, files: list[Path]) -> str:
+    """What names the wheels a build gets, without reading them: a fetched folder never
+    changes once made, so its name; a hand-made one, its wheels' names and sizes."""
+    folder = folder_for(project, python, files)
+    if folder != project.wheelhouse:
+        return folder.name
+    return repr(sorted((path.name, path.stat().st_size) for path in folder.glob("*.whl")))
 
 
 def ensure(project: Project, python: str, files: list[Path],
@@ -54,7 +66,7 @@ def ensure(project: Project, python: str, files: list[Path],
     shutil.rmtree(staging, ignore_errors=True)
     command = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
                "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
-               *(arg for platform in PLATFORMS for arg in ("--platform", platform)), "-d", str(staging)]
+               *(arg for tag in platforms() for arg in ("--platform", tag)), "-d", str(staging)]
     for path in files:
         command += ["-r", str(path)]
     # PIP_FIND_LINKS of the host's own setup has no wheels for another Python.

@@ -82,14 +82,13 @@ def make_release(project: Project, root: Path, version: str, python: str, report
         os.symlink("../../../shared/tenants", source / "tenants")
         report(f"creating releases/{version}/python with {python}")
         _run([python, "-m", "venv", str(staging / "python")], "creating the virtualenv")
+        requirements = [project.requirements, builder.runtime_requirements(project)]
         pip = [str(staging / "python" / "bin" / "python"), "-m", "pip", "install", "-q",
-               "--disable-pip-version-check", "-r", str(project.requirements),
-               "-r", str(builder.image_root(project) / "image" / "app" / "runtime.txt")]
+               "--disable-pip-version-check", *(arg for path in requirements for arg in ("-r", str(path)))]
         if project.wheelhouse is not None:  # wheels for the host's Python, which mod_wsgi embeds
             host_python = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                                          capture_output=True, text=True, check=True).stdout.strip()
-            runtime = builder.image_root(project) / "image" / "app" / "runtime.txt"
-            folder = wheels.ensure(project, host_python, [project.requirements, runtime], report)
+            folder = wheels.ensure(project, host_python, requirements, report)
             pip += ["--no-index", "--find-links", str(folder)]
         report("installing requirements")
         _run(pip, "installing requirements")

@@ -692,11 +692,10 @@ def check_memory(facts: Facts) -> list[Finding]:
         if used is None or used.oom_kills is None:
             continue
         counted += 1
-        advice = memory_of.advice(tenant.name, used, tenant.memory)
-        if advice:
-            problem, _, fix = advice.partition(" Give it more: ")
-            findings.append(Finding("memory", WARN, problem + f" (peak {memory_of.summary(used)})", fix,
-                                    tenant=tenant.name))
+        found = memory_of.advice(tenant.name, used.oom_kills, tenant.memory)
+        if found:
+            peak = f"; its peak: {used.peak / 2**20:.0f} MiB" if used.peak is not None else ""
+            findings.append(Finding("memory", WARN, found[0] + peak, found[1], tenant=tenant.name))
     if findings:
         return findings
     if not counted:

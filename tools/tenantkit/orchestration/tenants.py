@@ -104,9 +104,8 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
     once for the whole batch."""
     names = list(names)
     for tenant in select(load_tenants(project), names, all_):  # bad names fail before anything else
-        if tenant.removing and names:
-            raise ConfigError(f"tenant {tenant.name!r} is being removed (archived to {tenant.removing}); "
-                              f"finish with `tenant rm {tenant.name}`, or restore that archive")
+        if names:
+            refuse_removing(tenant)
     client = engine.connect()
     with locked(project):
         tenants = load_tenants(project)
@@ -178,6 +177,12 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
     if failures:  # the others are up; the command still fails, naming each failure
         raise engine.PartlyFailed("\n".join(str(error) for error in failures.values()), chosen)
     return chosen
+
+
+def refuse_removing(tenant: Tenant) -> None:
+    if tenant.removing:
+        raise ConfigError(f"tenant {tenant.name!r} is being removed (archived to {tenant.removing}); "
+                          f"finish with `tenant rm {tenant.name}`, or restore that archive")
 
 
 def _finish_switches(project: Project, tenants: list[Tenant]) -> None:
@@ -346,6 +351,7 @@ class TenantStatus:
     database: str
     maintenance: bool = False
     memory: memory_of.Memory | None = None
+    memory_limit: str = ""  # as tenant.yaml gives it
 
     def to_dict(self) -> dict:
         row = asdict(self)
@@ -375,7 +381,8 @@ def status(project: Project) -> list[TenantStatus]:
     healths = _health(project, tenants, found)
     return [TenantStatus(name=t.name, title=t.title, hosts=list(t.hosts), state=_state(t, found),
                          health=healths.get(t.name, ""), url=project.tenant_url(t), port=t.port,
-                         database=t.names.database, maintenance=t.maintenance, memory=_memory(t, found))
+                         database=t.names.database, maintenance=t.maintenance, memory=_memory(t, found),
+                         memory_limit=t.memory)
             for t in tenants]
 
 
@@ -489,8 +496,9 @@ def test(project: Project, name: str, args: list[str], interactive: bool = False
     suite's exit code.
 
     `--keepdb` makes Django use that database instead of creating one, which the tenant's
-    role may not; its migrations still run on it. One run per tenant at a time."""
-    select(load_tenants(project), [name], False)
+    role may not; its migrations still run on it. Media go to the container's own /tmp,
+    never to the tenant's media folder. One run per tenant at a time."""
+    refuse_removing(select(load_tenants(project), [name], False)[0])
     client = engine.connect()
     project.state_dir.mkdir(parents=True, exist_ok=True)
     run_lock = test_lock(project, name)
@@ -512,7 +520,7 @@ def test(project: Project, name: str, args: list[str], interactive: bool = False
         try:
             test_database = database.create_test_database(conn, tenant.names)
             failpoint("test", "created")
-            env = {TEST_DATABASE_ENV: test_database}
+            env = {TEST_DATABASE_ENV: test_database, "TENANTKIT_MEDIA_ROOT": "/tmp/test-media"}
             argv = migrations.tenant_argv(tenant, ["python", "manage.py", "test", "--keepdb", "--noinput", *args],
                                           False, interactive, list(env))
             return engine.compose(project, *argv, tenant=tenant, capture=False, check=False,

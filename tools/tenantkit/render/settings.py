@@ -23,7 +23,7 @@ def render_settings(project: Project, tenant: Tenant, site_url: str,
         backend_hosts=[tenant.names.backend_host, *(tenant.names.slot_host(slot) for slot in SLOTS)]
         if project.proxy.mode is ProxyMode.COMPOSE else [],
         environment=project.environment,
-        project_apps=[app for app in project.defaults.apps if app not in tenant.apps],
+        project_apps=[app for app in project.tenant_apps if app not in tenant.apps],
         snippet=project.tenant_settings_text,
         snippet_path=snippet_path,
     )
