@@ -55,6 +55,19 @@ def twelve():
         remove_project(root)
 
 
+def admin_query(stack: Stack, query: str) -> list[tuple]:
+    """Rows of a query on the project's database server, as its admin."""
+    password = (stack.root / ".tenantkit" / "db.env").read_text().split("POSTGRES_PASSWORD=")[1].split()[0]
+    conn = psycopg2.connect(host="127.0.0.1", port=stack.db_port(), user="postgres", password=password,
+                            dbname="postgres")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
 def health(stack: Stack, name: str) -> dict:
     response = stack.via_proxy(f"{name}.localhost", "/healthz/")
     assert response.status_code == 200, response.text
@@ -124,15 +137,7 @@ def test_tenant_test_runs_the_suite_on_a_throwaway_database(twelve):
     failed = twelve.cli("test", "north", "--", "shelf.tests.NoSuchTest")
     assert failed.code != 0
     # The test database is gone, and no tenant's data was touched.
-    password = (twelve.root / ".tenantkit" / "db.env").read_text().split("POSTGRES_PASSWORD=")[1].split()[0]
-    conn = psycopg2.connect(host="127.0.0.1", port=twelve.db_port(), user="postgres", password=password,
-                            dbname="postgres")
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT datname FROM pg_database WHERE datname LIKE '%%.test'")
-            assert cur.fetchall() == []
-    finally:
-        conn.close()
+    assert admin_query(twelve, "SELECT datname FROM pg_database WHERE datname LIKE '%%.test'") == []
     assert twelve.via_proxy("north.localhost", "/").json() == {"books": []}
 
 
@@ -201,14 +206,5 @@ def test_a_test_database_a_killed_run_left_is_found_and_cleared(twelve):
     killed = twelve.cli("test", "south", env={**os.environ, "TENANTKIT_FAILPOINT": "test:created"})
     assert killed.code == 137
     twelve.ok("rm", "south", "--yes")
-    password = (twelve.root / ".tenantkit" / "db.env").read_text().split("POSTGRES_PASSWORD=")[1].split()[0]
-    conn = psycopg2.connect(host="127.0.0.1", port=twelve.db_port(), user="postgres", password=password,
-                            dbname="postgres")
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT datname FROM pg_database WHERE datname LIKE 'south%%'")
-            assert cur.fetchall() == []
-            cur.execute("SELECT rolname FROM pg_roles WHERE rolname = 'south'")
-            assert cur.fetchall() == []
-    finally:
-        conn.close()
+    assert admin_query(twelve, "SELECT datname FROM pg_database WHERE datname LIKE 'south%%'") == []
+    assert admin_query(twelve, "SELECT rolname FROM pg_roles WHERE rolname = 'south'") == []
