@@ -58,10 +58,20 @@ def tenant_address(root: Path, name: str) -> str:
     return f"{newest['NetworkSettings']['Networks'][f'{project}_tenant-{name}']['IPAddress']}:8000"
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free loopback port, never one this process gave out before: the kernel may offer a
+    port again once its socket is closed, and a project given the same port for its proxy
+    and its database is refused."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 @dataclass

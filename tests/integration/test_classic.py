@@ -3,7 +3,6 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -15,6 +14,7 @@ import requests
 from tenantkit.render.classic import daemon_user
 from tests.conftest import tenant_cli, write_project
 from tests.integration.host_apache import APACHE, HostApache
+from tests.integration.conftest import free_port
 
 TENANTS = {"classic_a": "Classic A & Co", "classic_b": "Classic B Ltd"}
 USERS = {"classic_a": "tk-classic-a", "classic_b": "tk-classic-b"}
@@ -26,12 +26,6 @@ LOCAL_SETTINGS = {
                  "        _out.write(str(os.getuid()))\n",
     "classic_b": "CLASSIC_B_PRIVATE = 'only classic b reads this'\n",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def psql(sql: str) -> None:
