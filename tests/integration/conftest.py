@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import docker
+import psycopg2
 import pytest
 import requests
 import yaml
@@ -59,6 +60,18 @@ def tenant_address(root: Path, name: str) -> str:
 
 
 _GIVEN: set[int] = set()
+
+
+def admin_sql(root: Path, port: int, query: str, dbname: str = "postgres") -> list[tuple]:
+    """Rows of a query on a project's compose database server (on 127.0.0.1:port), as its admin."""
+    password = (root / ".tenantkit" / "db.env").read_text().split("POSTGRES_PASSWORD=")[1].split()[0]
+    conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", password=password, dbname=dbname)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query)
+            return cur.fetchall()
+    finally:
+        conn.close()
 
 
 def free_port() -> int:

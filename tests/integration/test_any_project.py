@@ -19,14 +19,13 @@ import tempfile
 from pathlib import Path
 
 import docker
-import psycopg2
 import pytest
 import requests
 import yaml
 
 from tests.conftest import REPO, write_project
 from tenantkit.model import load_project
-from tests.integration.conftest import Stack, free_port, remove_project
+from tests.integration.conftest import Stack, admin_sql, free_port, remove_project
 
 FIXTURE = REPO / "tests" / "fixtures" / "twelve"
 PREFIX = f"tk12x{os.getpid()}"
@@ -53,19 +52,6 @@ def twelve():
         yield stack
     finally:
         remove_project(root)
-
-
-def admin_query(stack: Stack, query: str) -> list[tuple]:
-    """Rows of a query on the project's database server, as its admin."""
-    password = (stack.root / ".tenantkit" / "db.env").read_text().split("POSTGRES_PASSWORD=")[1].split()[0]
-    conn = psycopg2.connect(host="127.0.0.1", port=stack.db_port(), user="postgres", password=password,
-                            dbname="postgres")
-    try:
-        with conn.cursor() as cur:
-            cur.execute(query)
-            return cur.fetchall()
-    finally:
-        conn.close()
 
 
 def health(stack: Stack, name: str) -> dict:
@@ -137,7 +123,7 @@ def test_tenant_test_runs_the_suite_on_a_throwaway_database(twelve):
     failed = twelve.cli("test", "north", "--", "shelf.tests.NoSuchTest")
     assert failed.code != 0
     # The test database is gone, and no tenant's data was touched.
-    assert admin_query(twelve, "SELECT datname FROM pg_database WHERE datname LIKE '%%.test'") == []
+    assert admin_sql(twelve.root, twelve.db_port(), "SELECT datname FROM pg_database WHERE datname LIKE '%%.test'") == []
     assert twelve.via_proxy("north.localhost", "/").json() == {"books": []}
 
 
@@ -206,5 +192,5 @@ def test_a_test_database_a_killed_run_left_is_found_and_cleared(twelve):
     killed = twelve.cli("test", "south", env={**os.environ, "TENANTKIT_FAILPOINT": "test:created"})
     assert killed.code == 137
     twelve.ok("rm", "south", "--yes")
-    assert admin_query(twelve, "SELECT datname FROM pg_database WHERE datname LIKE 'south%%'") == []
-    assert admin_query(twelve, "SELECT rolname FROM pg_roles WHERE rolname = 'south'") == []
+    assert admin_sql(twelve.root, twelve.db_port(), "SELECT datname FROM pg_database WHERE datname LIKE 'south%%'") == []
+    assert admin_sql(twelve.root, twelve.db_port(), "SELECT rolname FROM pg_roles WHERE rolname = 'south'") == []

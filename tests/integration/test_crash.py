@@ -10,14 +10,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import psycopg2
 import pytest
 import requests
 import yaml
 
 from tenantkit.act.failpoints import KILLED, STEPS
 from tests.conftest import tenant_cli
-from tests.integration.conftest import demo_copy_project
+from tests.integration.conftest import admin_sql, demo_copy_project
 from tests.integration.test_releases import TAG_MIGRATION, TAG_MODEL
 
 
@@ -57,16 +56,7 @@ class Crash:
         assert response.status_code == 302
 
     def sql(self, query, dbname="postgres"):
-        env = (self.root / ".tenantkit" / "db.env").read_text()
-        password = env.split("POSTGRES_PASSWORD=")[1].split()[0]
-        conn = psycopg2.connect(host="127.0.0.1", port=self.ports["db"], user="postgres", password=password,
-                                dbname=dbname)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(query)
-                return cur.fetchall()
-        finally:
-            conn.close()
+        return admin_sql(self.root, self.ports["db"], query, dbname)
 
     def databases(self):
         return {row[0] for row in self.sql("SELECT datname FROM pg_database")}
