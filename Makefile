@@ -54,3 +54,4 @@ bench: deps images host-services
 	$(PYTHON) bench/faults.py
 	$(PYTHON) bench/density.py
 	$(PYTHON) bench/memory.py
+	$(PYTHON) bench/schedule.py

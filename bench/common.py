@@ -91,6 +91,9 @@ def sweep_engine(project: str) -> None:
     label = {"label": f"com.docker.compose.project={project}"}
     for container in client.containers.list(all=True, filters=label):
         container.remove(force=True)
+    # The scheduler's job containers carry labels of their own, not Compose's.
+    for container in client.containers.list(all=True, filters={"label": f"tenantkit.project={project}"}):
+        container.remove(force=True)
     for network in client.networks.list(filters=label):
         with contextlib.suppress(docker.errors.APIError):
             network.remove()

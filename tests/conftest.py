@@ -33,6 +33,11 @@ def write_project(folder: Path, name: str = "tktest", **overrides) -> Path:
     config["project"]["source"] = str(REPO / "image" / "demo")
     config["project"]["requirements"] = str(REPO / "image" / "demo" / "requirements.txt")
     config["images"]["app"] = f"{name}/app"
+    # The demo's background process and schedule are make demo's: a test project has them
+    # when it asks (tenant_defaults__processes=...), so every other test runs one container
+    # per tenant.
+    config["tenant_defaults"].pop("processes", None)
+    config["tenant_defaults"].pop("schedule", None)
     local = REPO / "tenantkit.local.yaml"
     if local.is_file():  # the images this machine built for itself (no registry)
         local_config = yaml.safe_load(local.read_text()) or {}

@@ -167,8 +167,13 @@ def remove_project(root: Path) -> None:
     (projects built from the same code share image ids: other projects' tags stay) and
     its folder."""
     name = yaml.safe_load((root / "tenantkit.yaml").read_text())["name"]
-    subprocess.run(["docker", "compose", "-f", str(root / "compose" / "compose.yaml"), "down", "-v", "-t", "2"],
-                   capture_output=True)
+    compose = ["docker", "compose", "-f", str(root / "compose" / "compose.yaml")]
+    # The scheduler's job containers carry no Compose label, and a running one keeps its
+    # tenant's network in use: the scheduler stops first, then they go, then the stack.
+    subprocess.run([*compose, "stop", "scheduler"], capture_output=True)
+    for job in docker.from_env().containers.list(all=True, filters={"label": f"tenantkit.project={name}"}):
+        job.remove(force=True)
+    subprocess.run([*compose, "down", "-v", "-t", "2"], capture_output=True)
     for image in docker.from_env().images.list(name=f"{name}/*"):
         for tag in [t for t in image.tags if t.startswith(f"{name}/")]:
             subprocess.run(["docker", "rmi", tag], capture_output=True)

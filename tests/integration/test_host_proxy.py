@@ -4,10 +4,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 import requests
+import trustme
+import yaml
 
 from tests.conftest import write_project
 from tests.integration.conftest import Stack, free_port
@@ -23,8 +26,14 @@ def host_stack():
     # Not under pytest's private tmp folder: the host's Apache (www-data) must reach media.
     folder = Path(tempfile.mkdtemp(prefix="tkhost-"))
     os.chmod(folder, 0o755)
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(folder / "private-ca.pem"))
+    leaf = ca.issue_cert("alpha.localhost")
+    leaf.cert_chain_pems[0].write_to_path(str(folder / "alpha.pem"))
+    leaf.private_key_pem.write_to_path(str(folder / "alpha.key"))
     root = write_project(folder, name=f"tkhost{os.getpid()}", database__publish_port=free_port(),
-                         ports__first=free_port(), proxy__port=free_port(), proxy__mode="host")
+                         ports__first=free_port(), proxy__port=free_port(), proxy__mode="host",
+                         proxy__tls_port=free_port(), tls={"trusted_roots": "private-ca.pem"})
     s = Stack(root)
     s.ok("new", "alpha", "--host", "alpha.localhost", "--title", "Alpha Corp")
     s.ok("new", "beta", "--host", "beta.localhost", "--title", "Beta & Sons")
@@ -81,3 +90,34 @@ def test_the_hosts_apache_serves_media_from_the_tenants_folder(host_stack, host_
     assert not served.headers["Server"].startswith("gunicorn")
     assert get(port, "alpha.localhost", path).status_code == 404
     assert get(port, "alpha.localhost", "/_assets/admin/css/base.css").status_code == 200
+
+
+def test_the_hosts_apache_serves_a_given_certificate_by_sni(host_stack, host_proxy):
+    """Host mode with TLS: the generated default vhost loads mod_ssl for the host's Apache
+    and listens on proxy.tls_port; the tenant's vhost serves its own certificate, and HTTP
+    redirects there. Last in the module: it turns TLS off again."""
+    stack = host_stack
+    port, apache, out = host_proxy
+    tls_port = yaml.safe_load((stack.root / "tenantkit.yaml").read_text())["proxy"]["tls_port"]
+    folder = stack.root
+    stack.ok("set", "alpha", f"tls_cert={folder / 'alpha.pem'}", f"tls_key={folder / 'alpha.key'}")
+    stack.ok("render")
+    try:
+        apache.check()
+        apache.graceful()
+        run = None
+        for _ in range(50):
+            run = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert",
+                                  str(folder / "private-ca.pem"), "--resolve", f"alpha.localhost:{tls_port}:127.0.0.1",
+                                  f"https://alpha.localhost:{tls_port}/healthz/"], capture_output=True, text=True)
+            if run.stdout == "200":
+                break
+            time.sleep(0.2)
+        assert run.stdout == "200", run.stderr
+        redirect = get(port, "alpha.localhost", "/x")
+        assert redirect.status_code == 301 and redirect.headers["Location"] == f"https://alpha.localhost:{tls_port}/x"
+        assert get(port, "beta.localhost").status_code == 200  # a tenant without TLS stays on HTTP
+    finally:
+        stack.ok("set", "alpha", "tls=off")
+        stack.ok("render")
+        apache.graceful()

@@ -146,8 +146,23 @@ def list_(ctx, as_json):
     table = [("NAME", "STATE", "HEALTH", "MEMORY", "URL", "DATABASE", "HOSTS")]
     table += [(r.name, r.state + (" (maintenance)" if r.maintenance else ""), r.health or "-",
                memory_of.summary(r.memory), r.url, r.database, ",".join(r.hosts)) for r in rows]
+    if any(r.processes for r in rows):  # a column only for fleets that have background processes
+        table = [(*line, "PROCESSES") for line in table[:1]] + [
+            (*line, processes_summary(r.processes)) for line, r in zip(table[1:], rows)]
     print_table(table)
     memory_advice([(r.name, r.memory.oom_kills if r.memory else None, r.memory_limit) for r in rows])
+
+
+def processes_summary(processes: dict[str, str]) -> str:
+    return ", ".join(f"{name}: {state}" for name, state in processes.items()) or "-"
+
+
+def certificate_summary(tls: dict | None) -> str:
+    if not tls:
+        return "-"
+    if not tls["expires"]:
+        return f"{tls['mode']}: none yet" if tls["mode"] == "auto" else f"{tls['mode']}: missing"
+    return f"{tls['mode']}: expires {tls['expires'][:10]} ({tls['days_left']}d)"
 
 
 def memory_advice(rows: list[tuple[str, int | None, str]], extra: str = "") -> None:
@@ -296,7 +311,8 @@ def status(ctx, names, as_json):
     def size(value):
         return "-" if value is None else f"{value / 2**20:.1f}MiB"
 
-    table = [("NAME", "STATE", "HEALTH", "MEMORY", "PEAK", "OOM KILLS", "UPTIME", "DB SIZE", "DB CONN", "IMAGE")]
+    table = [("NAME", "STATE", "HEALTH", "MEMORY", "PEAK", "OOM KILLS", "UPTIME", "DB SIZE", "DB CONN", "TLS",
+              "PROCESSES", "IMAGE")]
     for r in rows:
         used = r["memory"] or {}
         table.append((r["name"], r["state"] + (" (maintenance)" if r["maintenance"] else ""), r["health"] or "-",
@@ -308,8 +324,14 @@ def status(ctx, names, as_json):
                       duration(r["uptime_seconds"]) + (f" ({r['restarts']} restarts)" if r.get("restarts") else ""),
                       size(r["database_bytes"]),
                       "-" if r["connections"] is None else f"{r['connections']}/{r['connection_limit']}",
-                      r["image"] or "-"))
+                      certificate_summary(r["tls"]), processes_summary(r["processes"]), r["image"] or "-"))
     print_table(table)
+    jobs = [(r["name"], job) for r in rows for job in r["schedule"]]
+    if jobs:
+        click.echo("\nscheduled commands (last run; `tenant logs NAME --schedule` shows every run):")
+        for name, job in jobs:
+            last = orch.describe_run(job["last"]) if job["last"] else f"{job['command']}  [{job['cron']}]  never run yet"
+            click.echo(f"  {name}: {last}")
     if server:
         busiest = max(server.by_database.items(), key=lambda item: item[1], default=("-", 0))
         click.echo(f"\ndatabase server: {server.in_use} of {server.limit} connections in use "
@@ -321,11 +343,18 @@ def status(ctx, names, as_json):
 @click.argument("name")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines.")
 @click.option("--tail", "lines", type=click.IntRange(0), default=100, show_default=True, help="Lines of each log.")
+@click.option("--process", "-p", metavar="PROCESS", help="Only this background process's output.")
+@click.option("--schedule", is_flag=True, help="The tenant's scheduled runs: start, command, outcome, exit code.")
 @click.pass_context
-def logs(ctx, name, follow, lines):
-    """The tenant's container output, then its Apache access and error logs."""
+def logs(ctx, name, follow, lines, process, schedule):
+    """The tenant's container output, then its Apache access and error logs (or one
+    background process's output, or its scheduled runs)."""
+    if process and schedule:
+        raise ConfigError("give --process or --schedule, not both")
     project = _project(ctx)
-    code = orch.logs(project, name, follow, lines)
+    code = orch.logs(project, name, follow, lines, process, schedule)
+    if schedule:
+        ctx.exit(code)
     # A worker killed for lack of memory is one line above, easily missed ("Perhaps out of memory?").
     used, limit = orch.memory(project, name)
     memory_advice([(name, used.oom_kills if used else None, limit)], f"; `{invoked_as()} status {name}` shows its memory")
@@ -380,10 +409,13 @@ def apache(ctx, mode, port, out, root, version, python, user):
 @click.argument("assignments", nargs=-1, required=True, metavar="KEY=VALUE...")
 @click.pass_context
 def set_(ctx, name, assignments):
-    """Change a tenant: title, hosts, apps, memory, workers, threads, port, release (pin; empty unpins).
-    Apply with `tenant up NAME`.
+    """Change a tenant: title, hosts, apps, memory, workers, threads, port, release (pin; empty unpins),
+    tls (off, auto, or default: the project's), tls_cert and tls_key (a certificate of its own, checked
+    now; both empty drop it). Apply with `tenant up NAME`.
 
     Lists are comma-separated: tenant set acme hosts=acme.localhost,www.acme.example.com
+
+    Processes and schedules are edited in tenants/NAME/tenant.yaml (see docs/reference.md).
     """
     tenant = orch.set_values(_project(ctx), name, assignments)
     click.echo(f"{tenant.name}: tenant.yaml updated; apply it with `{invoked_as()} up {tenant.name}`")

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
@@ -74,6 +75,11 @@ class TenantNames:
     backend_host: str  # the container's name on its network: a valid Host header (no "_")
     compose_file: str  # compose/tenants/<file>: the tenant's own part of the stack
 
+    def process_service(self, process: str) -> str:
+        """The compose service of one of the tenant's background processes: tenant-NAME-PROCESS.
+        A tenant's name has no "-", so no tenant's service is another's."""
+        return f"{self.service}-{process}"
+
     def slot_host(self, slot: str) -> str:
         """The name of the tenant's container in one slot ("a" or "b"), as the proxy reaches
         it. A dot never occurs in backend_host, so no tenant's slot name is another's name."""
@@ -105,6 +111,7 @@ class Images:
     app: str
     db: str
     proxy: str = "tenantkit/proxy"
+    scheduler: str = "tenantkit/scheduler"  # runs tenants' scheduled commands (image/scheduler)
     proxy_base: str = "httpd:2.4"
     python: str = "3.11"  # the Python of tenant images: picks the base and the wheels
 
@@ -125,6 +132,8 @@ class Proxy:
     port: int = 8080  # compose: published on 127.0.0.1; host: the port the host's Apache listens on
     reload_command: tuple[str, ...] = ()  # host mode: how to reload the host's Apache
     health_interval: int = 60  # seconds between the proxy's health checks of each tenant
+    tls_port: int = 8443  # compose: the HTTPS port published on proxy.address; host: the host's Apache's
+    address: str = "127.0.0.1"  # compose: the address the proxy publishes its ports on (0.0.0.0: every one)
 
 
 @dataclass(frozen=True)
@@ -171,6 +180,21 @@ class DatabaseServer:
         return self.publish_port if self.service else self.port
 
 
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+TLS_OFF, TLS_AUTO, TLS_GIVEN = "off", "auto", "given"
+
+
+@dataclass(frozen=True)
+class Tls:
+    """tenantkit.yaml `tls:`: how the proxy gets certificates (see docs/reference.md, "TLS")."""
+
+    acme_directory: str = LETS_ENCRYPT  # the ACME CA's directory URL (mod_md's MDCertificateAuthority)
+    acme_email: str | None = None  # the ACME account's contact (required by mod_md for `tls: auto`)
+    acme_ca_file: Path | None = None  # a CA that signs the ACME server's own HTTPS (a private or test CA)
+    trusted_roots: Path | None = None  # extra roots a given certificate's chain may end at (a private CA)
+    hsts: int = 0  # Strict-Transport-Security max-age in seconds on HTTPS answers; 0: no header
+
+
 @dataclass(frozen=True)
 class TenantDefaults:
     memory: str = "384m"  # bench/memory.py: a 5 MiB page, 4 at a time, peaks at 205 MiB
@@ -178,6 +202,9 @@ class TenantDefaults:
     threads: int = 4
     cpus: float = 1.0
     apps: tuple[str, ...] = ()  # installed in every tenant, before the tenant's own
+    tls: str = TLS_OFF  # off or auto: tenants that say nothing
+    processes: tuple[tuple[str, str], ...] = ()  # (name, command) every tenant runs
+    schedule: tuple[tuple[str, str], ...] = ()  # (cron, manage.py command) every tenant runs
 
 
 DEFAULT_SECRET_KEY_ENV = ("DJANGO_SECRET_KEY", "SECRET_KEY")
@@ -216,6 +243,7 @@ class Project:
     # (its file, and its text, read once at load).
     tenant_settings: Path | None = None
     tenant_settings_text: str = field(default="", repr=False)
+    tls: Tls = Tls()
 
     @property
     def tenant_apps(self) -> tuple[str, ...]:
@@ -294,11 +322,56 @@ class Project:
         return self.tenants_dir / name
 
     def tenant_url(self, tenant: "Tenant") -> str:
-        """Where users reach a tenant: through the proxy when there is one."""
+        """Where users reach a tenant: through the proxy when there is one (over HTTPS when
+        the tenant has TLS)."""
         if self.proxy.mode is ProxyMode.NONE:
             return tenant.url()
+        if self.tls_of(tenant) != TLS_OFF:
+            return f"https://{tenant.primary_host}{'' if self.proxy.tls_port == 443 else f':{self.proxy.tls_port}'}/"
         port = "" if self.proxy.port == 80 else f":{self.proxy.port}"
         return f"http://{tenant.primary_host}{port}/"
+
+    def tls_of(self, tenant: "Tenant") -> str:
+        """The tenant's TLS: off, auto (ACME) or given (its own certificate); only the proxy
+        serves HTTPS, so none without one."""
+        if self.proxy.mode is ProxyMode.NONE:
+            return TLS_OFF
+        if tenant.tls_cert:
+            return TLS_GIVEN
+        return tenant.tls or self.defaults.tls
+
+    def processes_of(self, tenant: "Tenant") -> dict[str, str]:
+        """The tenant's background processes, name -> command: the project's, then its own
+        (which win; an empty command turns a project's process off)."""
+        merged = dict(self.defaults.processes)
+        merged.update(tenant.processes)
+        return {name: command for name, command in merged.items() if command}
+
+    def schedule_of(self, tenant: "Tenant") -> list[tuple[str, str]]:
+        """The tenant's scheduled commands, (cron, command): the project's, then its own."""
+        return list(dict.fromkeys((*self.defaults.schedule, *tenant.schedule)))
+
+    @property
+    def scheduler_dir(self) -> Path:
+        """compose/scheduler/: schedule.json, what the scheduler runs (mounted read-only)."""
+        return self.root / "compose" / "scheduler"
+
+    @property
+    def md_dir(self) -> Path:
+        """Holds mod_md's store (md_dir/store): ACME accounts, and the certificates it obtained
+        (keys included). The store itself is made by mod_md, which gives its folders to
+        Apache's user where its unprivileged renewals write."""
+        return self.state_dir / "md"
+
+    def acme_certificate(self, tenant: "Tenant") -> Path:
+        """Where mod_md keeps the certificate it obtained for a tenant (its first host)."""
+        return self.md_dir / "store" / "domains" / tenant.primary_host / "pubcert.pem"
+
+    @property
+    def tls_dir(self) -> Path:
+        """Given certificates, checked and copied here (TENANT/cert.pem, key.pem), and the
+        catch-all's own."""
+        return self.state_dir / "tls"
 
 
 @dataclass(frozen=True)
@@ -319,6 +392,11 @@ class Tenant:
     cpus: float = 1.0  # the container's CPU limit
     debug: bool = False  # Django's DEBUG: never on for a tenant unless asked (or in dev mode)
     removing: str | None = None  # `tenant rm` under way: the archive it made; only `rm` continues
+    tls: str | None = None  # off or auto (None: the project's tenant_defaults.tls); see Project.tls_of
+    tls_cert: str | None = None  # a given certificate (chain) and key: paths as tenant.yaml gives them
+    tls_key: str | None = None
+    processes: tuple[tuple[str, str], ...] = ()  # (name, command): background processes, Procfile style
+    schedule: tuple[tuple[str, str], ...] = ()  # (cron, manage.py command)
     # What the project adds to every tenant's code (Project.tenant_code); not in tenant.yaml.
     project_code: str = ""
     path: Path = field(default=Path("."), compare=False)
@@ -362,8 +440,19 @@ class Tenant:
             **({"database": {"name": self.names.database, "user": self.names.role}}
                if self.database or self.db_user else {}),
             **({"debug": True} if self.debug else {}),
+            **({"tls": {"cert": self.tls_cert, "key": self.tls_key}} if self.tls_cert
+               else {"tls": self.tls} if self.tls else {}),
+            **({"processes": dict(self.processes)} if self.processes else {}),
+            **({"schedule": [{"cron": cron, "command": command} for cron, command in self.schedule]}
+               if self.schedule else {}),
             **({"removing": self.removing} if self.removing else {}),
         }
+
+    def tls_paths(self) -> tuple[Path, Path] | None:
+        """The given certificate and key files (relative paths: from the tenant folder)."""
+        if not self.tls_cert or not self.tls_key:
+            return None
+        return self.path / self.tls_cert, self.path / self.tls_key
 
 
 # ---------------------------------------------------------------------------
@@ -484,6 +573,84 @@ def check_text(value: Any) -> str:
     if not isinstance(value, str) or not value or any(ord(c) < 32 for c in value):
         raise ValueError(f"{value!r} must be non-empty text on one line")
     return value
+
+
+PROCESS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,29}$")
+RESERVED_PROCESSES = frozenset({"web", "job", "test", "migrate"})  # names of tenantkit's own containers
+
+
+def check_tls_mode(value: Any) -> str:
+    """off or auto. YAML reads a bare `off` as false."""
+    if value is False or value == TLS_OFF:
+        return TLS_OFF
+    if value == TLS_AUTO:
+        return TLS_AUTO
+    if value is True:  # YAML reads a bare `on` or `yes` as true
+        raise ValueError("on is not a TLS mode: write auto (a certificate from the ACME CA) or {cert: FILE, key: FILE}")
+    raise ValueError(f"{value!r} is not off, auto or {{cert: FILE, key: FILE}}")
+
+
+def check_command(value: Any) -> str:
+    """A command line, split into words as a shell would (no pipes, variables or globs)."""
+    if not isinstance(value, str) or not value.strip() or any(ord(c) < 32 for c in value):
+        raise ValueError(f"{value!r} is not a command on one line")
+    try:
+        words = shlex.split(value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} cannot be split into words ({exc}); check its quotes") from None
+    if not words:
+        raise ValueError("the command is empty")
+    return value.strip()
+
+
+def check_processes(value: Any) -> tuple[tuple[str, str], ...]:
+    """`processes: {NAME: COMMAND}`, as in a Procfile; an empty COMMAND (null or "") turns a
+    project-wide process off for one tenant."""
+    if not isinstance(value, dict):
+        raise ValueError("expected a mapping of process names to commands, such as {worker: python manage.py qcluster}")
+    found = []
+    for name, command in value.items():
+        if not isinstance(name, str) or not PROCESS_RE.fullmatch(name):
+            raise ValueError(f"{name!r} is not a process name: a-z, 0-9, - and _, starting with a letter, "
+                             "at most 30 characters")
+        if name in RESERVED_PROCESSES:
+            raise ValueError(f"{name!r} is reserved; name the process otherwise, such as worker")
+        found.append((name, "" if command in (None, "") else check_command(command)))
+    return tuple(found)
+
+
+def check_cron(value: Any) -> str:
+    """A cron expression: five fields, or six with seconds last (croniter's form)."""
+    from croniter import croniter
+
+    if not isinstance(value, str) or len(value.split()) not in (5, 6) or not croniter.is_valid(value):
+        raise ValueError(f"{value!r} is not a cron expression such as \"*/5 * * * *\" (minute hour day month "
+                         "weekday, and optionally seconds)")
+    return " ".join(value.split())
+
+
+def check_schedule(value: Any) -> tuple[tuple[str, str], ...]:
+    """`schedule: [{cron: "*/5 * * * *", command: clearsessions}, ...]`: manage.py commands."""
+    if not isinstance(value, list):
+        raise ValueError('expected a list of {cron: "*/5 * * * *", command: clearsessions}')
+    found = []
+    for index, entry in enumerate(value):
+        if not isinstance(entry, dict) or set(entry) != {"cron", "command"}:
+            raise ValueError(f"entry {index + 1} must have exactly `cron` and `command`, such as "
+                             '{cron: "0 3 * * *", command: clearsessions}')
+        try:
+            job = (check_cron(entry["cron"]), check_command(entry["command"]))
+        except ValueError as exc:
+            raise ValueError(f"entry {index + 1}: {exc}") from None
+        if job in found:
+            raise ValueError(f"entry {index + 1} repeats an earlier one")
+        found.append(job)
+    return tuple(found)
+
+
+def job_id(cron: str, command: str) -> str:
+    """A scheduled command's identity: the same job across renders, restarts and status."""
+    return hashlib.sha256(f"{cron}\0{command}".encode()).hexdigest()[:10]
 
 
 # ---------------------------------------------------------------------------
@@ -676,6 +843,7 @@ def load_project(root: Path) -> Project:
         app=img.get("app", check_image, f"{name}/app"),
         db=img.get("db", check_image, "postgres:15"),
         proxy=img.get("proxy", check_image, f"{name}/proxy"),
+        scheduler=img.get("scheduler", check_image, f"{name}/scheduler"),
         proxy_base=img.get("proxy_base", check_image, "httpd:2.4"),
         python=python,
     )
@@ -715,8 +883,26 @@ def load_project(root: Path) -> Project:
         port=px.get("port", check_port_any, 8080),
         reload_command=px.get("reload_command", _list_of(check_text), ()),
         health_interval=px.get("health_interval", lambda v: check_count(v, 1, 3600), Proxy.health_interval),
+        tls_port=px.get("tls_port", check_port_any, Proxy.tls_port),
+        address=px.get("address", check_ip, Proxy.address),
     )
     px.done()
+    if proxy.tls_port == proxy.port:
+        raise px.error("tls_port", f"{proxy.tls_port} is also proxy.port; HTTPS needs a port of its own, such as 8443")
+    if database.service and proxy.mode is ProxyMode.COMPOSE and proxy.tls_port == database.publish_port:
+        raise px.error("tls_port", f"{proxy.tls_port} is also database.publish_port; give HTTPS a port of its own")
+
+    section = top.section("tls")
+    acme = section.section("acme")
+    tls = Tls(
+        acme_directory=acme.get("directory", check_url, LETS_ENCRYPT),
+        acme_email=acme.get("email", check_email, None),
+        acme_ca_file=_existing_file(root, acme, "ca_file"),
+        trusted_roots=_existing_file(root, section, "trusted_roots"),
+        hsts=section.get("hsts", lambda v: check_count(v, 0, 10 ** 9), 0),
+    )
+    acme.done()
+    section.done()
 
     net = top.section("networks")
     networks = NetworkPool(pool=net.get("pool", check_pool, default_pool(name)),
@@ -736,6 +922,9 @@ def load_project(root: Path) -> Project:
         threads=dflt.get("threads", check_count, TenantDefaults.threads),
         cpus=dflt.get("cpus", check_cpus, TenantDefaults.cpus),
         apps=tuple(dict.fromkeys(dflt.get("apps", _list_of(check_module), ()))),
+        tls=dflt.get("tls", check_tls_mode, TLS_OFF),
+        processes=tuple(p for p in dflt.get("processes", check_processes, ()) if p[1]),
+        schedule=dflt.get("schedule", check_schedule, ()),
     )
     dflt.done()
     top.done()
@@ -745,8 +934,37 @@ def load_project(root: Path) -> Project:
         wheelhouse=(root / wheelhouse) if wheelhouse else None, first_port=first_port,
         defaults=defaults, proxy=proxy, networks=networks, backups_dir=root / backups, backups_keep=backups_keep,
         dev=(root / ".tenantkit" / "dev").exists(), environment=environment,
-        tenant_settings=tenant_settings, tenant_settings_text=tenant_settings_text,
+        tenant_settings=tenant_settings, tenant_settings_text=tenant_settings_text, tls=tls,
     )
+
+
+def check_ip(value: Any) -> str:
+    try:
+        return str(ipaddress.IPv4Address(str(value)))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 address such as 127.0.0.1 (or 0.0.0.0 for every address)") from None
+
+
+def check_url(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/%-]*)?", value):
+        raise ValueError(f"{value!r} is not a URL such as {LETS_ENCRYPT}")
+    return value
+
+
+def check_email(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+", value):
+        raise ValueError(f"{value!r} is not an e-mail address such as ops@example.com")
+    return value
+
+
+def _existing_file(root: Path, section: Fields, key: str) -> Path | None:
+    value = section.get(key, check_text, None)
+    if value is None:
+        return None
+    path = root / value
+    if not path.is_file():
+        raise section.error(key, f"{display_path(path)} does not exist; name a PEM file of certificates")
+    return path
 
 
 def _backups_config(top: Fields) -> tuple[str, int | None]:
@@ -845,14 +1063,34 @@ def tenant_from_mapping(project: Project, name: str, data: dict, lines: dict[str
         cpus=f.get("cpus", check_cpus, project.defaults.cpus),
         debug=f.get("debug", _bool, False),
         removing=f.get("removing", check_text, None),
+        processes=f.get("processes", check_processes, ()),
+        schedule=f.get("schedule", check_schedule, ()),
         project_code=project.tenant_code,
         path=folder,
     )
+    tenant = _tenant_tls(f, tenant)
     db = f.section("database")
     tenant = replace(tenant, database=db.get("name", check_db_identifier, None),
                      db_user=db.get("user", check_db_identifier, None))
     db.done()
     f.done()
+    return tenant
+
+
+def _tenant_tls(f: Fields, tenant: Tenant) -> Tenant:
+    """tenant.yaml `tls: off | auto | {cert: FILE, key: FILE}` (files relative to the tenant
+    folder; act/certificates.py checks them before the proxy uses them)."""
+    if isinstance(f.data.get("tls"), dict):
+        section = f.section("tls")
+        cert, key = section.get("cert", check_text, required=True), section.get("key", check_text, required=True)
+        section.done()
+        return replace(tenant, tls=None, tls_cert=cert, tls_key=key)
+    f.seen.add("tls")
+    if "tls" in f.data and f.data["tls"] is not None:
+        try:
+            return replace(tenant, tls=check_tls_mode(f.data["tls"]))
+        except ValueError as exc:
+            raise f.error("tls", str(exc)) from None
     return tenant
 
 
@@ -897,7 +1135,8 @@ def tenant_folder_names(project: Project) -> list[str]:
 
 
 TENANT_FIELDS = ("name", "hosts", "title", "port", "memory", "workers", "threads", "apps", "maintenance",
-                 "enabled", "release", "database", "db_user", "cpus", "debug", "removing", "project_code")
+                 "enabled", "release", "database", "db_user", "cpus", "debug", "removing", "project_code",
+                 "tls", "tls_cert", "tls_key", "processes", "schedule")
 
 
 def _tenant_record(tenant: Tenant) -> dict:
@@ -905,7 +1144,8 @@ def _tenant_record(tenant: Tenant) -> dict:
 
 
 def _tenant_from_record(project: Project, record: dict, tenants_dir: Path) -> Tenant:
-    record = dict(record, hosts=tuple(record["hosts"]), apps=tuple(record["apps"]))
+    record = dict(record, hosts=tuple(record["hosts"]), apps=tuple(record["apps"]),
+                  processes=tuple(map(tuple, record["processes"])), schedule=tuple(map(tuple, record["schedule"])))
     return Tenant(**record, path=tenants_dir.joinpath(record["name"]))
 
 
@@ -981,7 +1221,8 @@ def check_database_identity(project: Project | None, tenant: Tenant, others: Ite
 
 def reserved_ports(project: Project) -> dict[int, str]:
     """Ports tenantkit publishes for itself on 127.0.0.1: no tenant may take one."""
-    ports = {project.proxy.port: "the proxy's"} if project.proxy.mode is ProxyMode.COMPOSE else {}
+    ports = ({project.proxy.port: "the proxy's", project.proxy.tls_port: "the proxy's HTTPS"}
+             if project.proxy.mode is ProxyMode.COMPOSE else {})
     if project.database.service:
         ports[project.database.publish_port] = "the database's"
     return ports
@@ -997,6 +1238,9 @@ def check_unique(tenants: list[Tenant], project: Project | None = None) -> None:
     databases: dict[str, Tenant] = {}
     roles: dict[str, Tenant] = {}
     for tenant in tenants:
+        if project is not None and project.tls_of(tenant) == TLS_AUTO and not project.tls.acme_email:
+            raise ConfigError(f"tenant {tenant.name!r} has tls: auto, and an ACME account needs a contact: set "
+                              "tls.acme.email in tenantkit.yaml")
         if tenant.port in reserved:
             raise ConfigError(f"tenant {tenant.name!r}: port {tenant.port} is {reserved[tenant.port]} (tenantkit.yaml); "
                               f"change `port` in tenants/{tenant.name}/tenant.yaml")

@@ -175,6 +175,25 @@ def proxy_context(project: Project) -> BuildContext:
                         project.images.proxy_base)
 
 
+def scheduler_context(project: Project) -> BuildContext:
+    """The context of the scheduler's image (image/scheduler/): Python with the Docker SDK
+    and croniter, on the tenants' base image, from the wheelhouse on a host without PyPI."""
+    folder = image_root(project) / "image" / "scheduler"
+    files = [(p.name, p) for p in sorted(folder.iterdir()) if p.is_file() and p.suffix != ".pyc"]
+    extra = project.images.base
+    if project.wheelhouse is None:
+        return make_context(files, extra)
+    requirements = [folder / "requirements.txt"]
+
+    def fetched() -> list[tuple[str, Path]]:
+        found = wheels.ensure(project, project.images.python, requirements,
+                              lambda message: progress.echo(f"· {message}"))
+        return [(f"wheelhouse/{p.name}", p) for p in sorted(found.glob("*.whl"))]
+
+    identity = wheels.identity(project, project.images.python, requirements)
+    return make_context(files, f"{extra}\0{identity}", fetched)
+
+
 def image_tag(project: Project, context: BuildContext, repository: str | None = None) -> str:
     return f"{repository or project.images.app}:src-{context.short}"
 

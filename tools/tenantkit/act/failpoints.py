@@ -20,6 +20,7 @@ STEPS = {
     "deploy": ("recorded", "backed-up", "migrated", "next-started", "switched", "done"),
     "rollback": ("stopped", "restored", "swapped", "recorded"),
     "up": ("template-copied", "copied"),  # a template cut from a fresh database; a copy of a template
+    "render": ("certificate-installed",),  # a given certificate written for the proxy, its vhost not yet
     "release-rm": ("untagged", "assets-removed"),  # `release rm` and `release prune`, per release
     "backup-prune": ("removed-one",),  # after each archive retention removes
     "test": ("created",),  # `tenant test`: its test database made, the suite not run yet

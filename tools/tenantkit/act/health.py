@@ -7,10 +7,12 @@ Apache, and users without a proxy, reach it on its published loopback port.
 from __future__ import annotations
 
 import http.client
+import socket
+import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ..model import APP_PORT, Project, ProxyMode, Tenant
+from ..model import APP_PORT, TLS_AUTO, TLS_OFF, Project, ProxyMode, Tenant
 from . import engine
 from ..progress import track
 from .engine import Container, OperationFailed, tail
@@ -32,12 +34,31 @@ def address(project: Project, tenant: Tenant, container: Container | None) -> Ad
     return "127.0.0.1", tenant.port
 
 
-def status_of(where: Address | None, host: str, path: str, timeout: float = 2) -> int:
-    """The status of GET path at `where` with this Host header, or 0 when unreachable."""
+class _HTTPSByName(http.client.HTTPSConnection):
+    """HTTPS to an address, naming `server_name` in the handshake (SNI), as a browser that
+    resolved it would. The certificate is not verified: this asks whether the proxy routes
+    the tenant (an ACME certificate may not be there yet), not whether clients trust it."""
+
+    def __init__(self, host: str, port: int, server_name: str, timeout: float):
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        super().__init__(host, port, timeout=timeout, context=context)
+        self.server_name = server_name
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.server_name)
+
+
+def status_of(where: Address | None, host: str, path: str, timeout: float = 2, tls: bool = False) -> int:
+    """The status of GET path at `where` with this Host header (over HTTPS, with it as the
+    server name, when `tls`), or 0 when unreachable."""
     if where is None:
         return 0
     try:
-        conn = http.client.HTTPConnection(where[0], where[1], timeout=timeout)
+        conn = (_HTTPSByName(where[0], where[1], host, timeout) if tls
+                else http.client.HTTPConnection(where[0], where[1], timeout=timeout))
         conn.request("GET", path, headers={"Host": host})
         status = conn.getresponse().status
         conn.close()
@@ -120,6 +141,14 @@ def wait_container(client, project: Project, tenant: Tenant, container: Containe
         time.sleep(POLL)
 
 
+def _readable(path) -> bool:
+    """A file tenantkit can read (mod_md's store is root's: not, for another user)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def wait_routed(project: Project, tenants: list[Tenant], timeout: float = 30) -> None:
     """Wait until the proxy routes each tenant's health path to it (tenants in maintenance: skipped)."""
     mode = project.proxy.mode
@@ -127,9 +156,21 @@ def wait_routed(project: Project, tenants: list[Tenant], timeout: float = 30) ->
         return
     pending = [t for t in tenants if not t.maintenance]
     deadline = time.monotonic() + timeout
-    proxy = ("127.0.0.1", project.proxy.port)
+    address = "127.0.0.1" if project.proxy.address == "0.0.0.0" else project.proxy.address
+    plain, secure = (address, project.proxy.port), (address, project.proxy.tls_port)
+
+    def routed(tenant: Tenant) -> bool:
+        mode = project.tls_of(tenant)
+        if mode == TLS_AUTO and not _readable(project.acme_certificate(tenant)):
+            # mod_md answers 503 over HTTPS until the CA has issued its certificate: the
+            # vhost is there when HTTP redirects.
+            return status_of(plain, tenant.primary_host, project.health_path) == 301
+        if mode != TLS_OFF:  # HTTP redirects: asked over HTTPS
+            return status_of(secure, tenant.primary_host, project.health_path, tls=True) == 200
+        return status_of(plain, tenant.primary_host, project.health_path) == 200
+
     while pending:
-        pending = [t for t in pending if status_of(proxy, t.primary_host, project.health_path) != 200]
+        pending = [t for t in pending if not routed(t)]
         if pending and time.monotonic() > deadline:
             raise OperationFailed(f"the proxy does not route {', '.join(t.name for t in pending)} "
                                   f"within {timeout:.0f}s; see .tenantkit/logs/NAME.error.log")

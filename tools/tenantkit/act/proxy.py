@@ -46,6 +46,20 @@ def site_names(project: Project) -> set[str]:
     return {path.name for path in project.sites_dir.glob("*.conf")} if project.sites_dir.is_dir() else set()
 
 
+def wanted_file(project: Project) -> Path:
+    """The digest of the proxy's definition as last rendered (its label, PROXY_LABEL)."""
+    return project.cache_dir / "proxy-config"
+
+
+def _outdated(project: Project, container) -> bool:
+    """Whether the running proxy was made from another definition (HTTPS turned on, say)."""
+    try:
+        wanted = wanted_file(project).read_text().strip()
+    except FileNotFoundError:
+        return False
+    return container.labels.get("tenantkit.proxy") != wanted
+
+
 def mark_pending(project: Project) -> None:
     project.state_dir.mkdir(parents=True, exist_ok=True)
     _pending(project).touch()
@@ -100,6 +114,9 @@ def sync(client: docker.DockerClient | None, project: Project, networks: dict[st
         if engine.state_of(found) is not engine.ContainerState.RUNNING:
             report("starting proxy")
             engine.compose(project, "up", "-d", "--no-deps", "--no-recreate", "proxy")
+        elif _outdated(project, found):  # its ports or mounts changed: only a new container has them
+            report("recreating proxy (its definition changed)")
+            engine.compose(project, "up", "-d", "--no-deps", "--force-recreate", "proxy")
         else:
             attached = engine.attach_to_networks(client, project, "proxy", networks)
             if attached or changed:

@@ -16,8 +16,8 @@ from .housekeeping import prune_backups
 from .importer import import_classic
 from .releases import build_release, deploy, dev, list_releases, prune_releases, remove_releases, rollback
 from .stack import Rendered, Report, quiet
-from .tenants import (SETTABLE, TenantStatus, apache_proxy, build, down, logs, maintenance, manage, memory, new,
-                      render, set_values, status, status_detail, test, up)
+from .tenants import (SETTABLE, TenantStatus, apache_proxy, build, describe_run, down, logs, maintenance, manage,
+                      memory, new, render, set_values, status, status_detail, test, up)
 
 __all__ = [
     "apache_wsgi", "backup", "clone", "restore", "rm", "write_backup", "Outcome", "manage_all", "migrate",
@@ -25,4 +25,5 @@ __all__ = [
     "prune_backups", "prune_releases", "remove_releases",
     "quiet", "SETTABLE", "TenantStatus", "apache_proxy", "build", "down", "logs", "maintenance", "manage",
     "new", "render", "set_values", "status", "status_detail", "up", "Finding", "doctor", "memory", "test",
+    "describe_run",
 ]

@@ -197,7 +197,8 @@ def rm(project: Project, name: str, keep_data: bool = False, report: Report = qu
         failpoint("rm", "moved")
         stack.drop_runtime(project, name)
         shutil.rmtree(trash, ignore_errors=True)
-        for log in (f"{name}.access.log", f"{name}.error.log"):  # the proxy no longer writes them
+        for log in (f"{name}.access.log", f"{name}.error.log", f"{name}.schedule.log",
+                    f"{name}.schedule.log.1"):  # the proxy and the scheduler no longer write them
             (project.logs_dir / log).unlink(missing_ok=True)
     return saved
 
@@ -227,6 +228,8 @@ def _archived_tenant(project: Project, unpacked: Path, manifest: archive.Manifes
     except ConfigError as exc:  # name the archive's file, not the scratch folder it was read from
         raise ConfigError(str(exc).replace(display_path(path), "the archive's tenant/tenant.yaml")) from None
     renamed = name != manifest.tenant
+    if renamed and tenant.tls_cert:  # the source's certificate names the source's hosts
+        tenant = replace(tenant, tls_cert=None, tls_key=None, tls=None)
     return replace(tenant, name=name, hosts=hosts or tenant.hosts, maintenance=False, enabled=True, removing=None,
                    database=None if renamed else tenant.database, db_user=None if renamed else tenant.db_user)
 

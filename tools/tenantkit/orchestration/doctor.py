@@ -656,7 +656,11 @@ def check_containers(facts: Facts) -> list[Finding]:
         expected["db"] = None
     if project.proxy.mode is ProxyMode.COMPOSE:
         expected["proxy"] = None
-    orphans = [c for c in facts.containers if c.service not in expected]
+    running = [t for t in facts.enabled if not t.removing]  # all of them: a name given narrows no container
+    processes = {t.names.process_service(process) for t in running for process in project.processes_of(t)}
+    if any(project.schedule_of(t) for t in running):
+        processes.add("scheduler")
+    orphans = [c for c in facts.containers if c.service not in expected and c.service not in processes]
     findings = []
     if orphans:
         findings.append(Finding("containers", WARN, "containers of this project that belong to no tenant: "
@@ -861,11 +865,45 @@ def _alive(name: str) -> bool:
     return True
 
 
+CERTIFICATE_WARN_DAYS = 21  # mod_md renews a 90-day certificate about 30 days before it ends
+
+
 def check_certificates(facts: Facts) -> list[Finding]:
-    """Certificates close to expiry. tenantkit serves no TLS yet, so there is nothing to
-    check: when vhosts get certificates, look at each one's notAfter here (warn within 21
-    days, fail once expired). Until then this check says nothing."""
-    return []
+    """Each TLS tenant's certificate: there, and not within CERTIFICATE_WARN_DAYS of its end
+    (a given one is the operator's to renew; one from the ACME CA that close means mod_md's
+    renewals fail)."""
+    from ..act import certificates
+    from ..model import TLS_AUTO, TLS_OFF
+
+    project = facts.project
+    tls = [t for t in facts.active if project.tls_of(t) != TLS_OFF]
+    if not tls:
+        return []
+    findings, fine = [], 0
+    for tenant in tls:
+        auto = project.tls_of(tenant) == TLS_AUTO
+        path = project.acme_certificate(tenant) if auto else tenant.tls_paths()[0]
+        found = certificates.read_certificate(path)
+        renew = (f"mod_md gets and renews it: see why it cannot in the proxy's output (`docker logs "
+                 f"{project.name}-proxy-1 2>&1 | grep md:`; with the host's Apache, its error log)" if auto else
+                 f"put a renewed certificate in {display_path(path)}, then `tenant up {tenant.name}`")
+        if found is None:
+            findings.append(Finding("certificates", WARN if auto else FAIL,
+                                    f"{tenant.name}: no certificate " + ("from the ACME CA yet" if auto else
+                                                                         f"in {display_path(path)}"),
+                                    renew, tenant.name))
+        elif found.days_left() < 0:
+            findings.append(Finding("certificates", FAIL, f"{tenant.name}: its certificate expired on "
+                                    f"{found.not_after:%Y-%m-%d}", renew, tenant.name))
+        elif found.days_left() < CERTIFICATE_WARN_DAYS:
+            findings.append(Finding("certificates", WARN, f"{tenant.name}: its certificate expires on "
+                                    f"{found.not_after:%Y-%m-%d}, in {found.days_left()} days", renew, tenant.name))
+        else:
+            fine += 1
+    if fine:
+        findings.append(Finding("certificates", OK, f"{fine} of {len(tls)} TLS tenants have a certificate valid for "
+                                f"{CERTIFICATE_WARN_DAYS} days or more"))
+    return findings
 
 
 def check_backup_space(facts: Facts) -> list[Finding]:

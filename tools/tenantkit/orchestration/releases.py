@@ -485,6 +485,7 @@ def _deploy_one(client, project: Project, tenant: Tenant, version: str, rendered
     resumed = before.release == version and tenant.release in (None, version)
     if (current.release_of(tenant) == version and not before.switching and len(found) == 1
             and found[0].image_id == image_id):
+        stack.sync_processes(client, project, [tenant], report)  # a deploy killed before it moved them
         return Outcome(tenant.name, "up-to-date", 0.0)
     if resumed:
         previous, previous_image = before.previous, before.previous_image
@@ -534,6 +535,7 @@ def _deploy_one(client, project: Project, tenant: Tenant, version: str, rendered
             if schema_changes:
                 migrate(None)
             _recreate(client, project, tenant)
+        stack.sync_processes(client, project, [tenant], report)  # on the new release too
     except Exception as exc:
         report(f"{tenant.name}: FAILED, staying on {previous or 'its previous image'}")
         _set_runtime(project, tenant, before if not resumed else TenantRuntime(
@@ -702,7 +704,7 @@ def _rollback_one(client, project: Project, tenant: Tenant, report: Report) -> O
                                       f"({len(unknown)}), and the pre-deploy backup {pre_deploy} is missing")
             safety = data.write_backup(project, tenant, secrets=False)
             report(f"{tenant.name}: restoring the database from before the deploy (current data saved in {safety})")
-            engine.compose(project, "stop", tenant.names.service, tenant=tenant, check=False)
+            engine.compose(project, "stop", *stack.services_of(project, tenant), tenant=tenant, check=False)
             failpoint("rollback", "stopped")
             _restore_database(project, tenant, Path(pre_deploy))
             failpoint("rollback", "swapped")
@@ -711,6 +713,7 @@ def _rollback_one(client, project: Project, tenant: Tenant, report: Report) -> O
             _switch_slots(client, project, tenant, slot, report)
         else:
             _recreate(client, project, tenant)
+        stack.sync_processes(client, project, [tenant], report)
         _set_runtime(project, tenant, back)  # done: the deploy's record goes
         failpoint("rollback", "recorded")
     except Exception as exc:

@@ -21,13 +21,18 @@ import yaml
 from ..act import build as builder
 from ..act import database, engine, migrations, proxy, state
 from ..act.engine import ContainerState, OperationFailed, tail
+from ..act.failpoints import failpoint
 from ..act.files import atomic_write, give_secret_to_app_user, give_to_app_user, locked, port_is_free
 from ..act.secrets import ensure_db_admin_secret, new_tenant_secrets, read_env_file, write_env_file
-from ..model import (OWNER_LABEL, TENANT_FILE, ConfigError, Project, ProxyMode, Tenant, check_name, load_tenants)
+from ..act import certificates
+from ..model import (OWNER_LABEL, TENANT_FILE, TLS_GIVEN, ConfigError, Project, ProxyMode, Tenant, check_name,
+                     load_tenants)
 from ..progress import track
 from ..render import TEMPLATES
 from ..render.apache import DEFAULT_SITE, proxy_layout, release_of, render_default_vhost, render_proxy_vhost
-from ..render.compose import dump_compose, proxy_address, render_stack, render_tenant_compose, tenant_service
+from ..render.compose import (PROCESS_LABEL, PROXY_LABEL, add_processes, dump_compose, process_service_name,
+                              proxy_address, render_stack, render_tenant_compose, tenant_service)
+from ..render.scheduler import SCHEDULE_FILE, SCHEDULER_LABEL, dump_schedule, render_schedule
 from ..render.settings import render_settings
 
 Report = Callable[[str], None]
@@ -134,6 +139,8 @@ class Rendered:
     rejected: dict[str, str] = field(default_factory=dict)
     # With keep_previous: what each re-rendered tenant's files held before (None: absent).
     previous: dict[str, dict[Path, str | None]] = field(default_factory=dict)
+    scheduler_context: builder.BuildContext | None = None  # when some tenant has a schedule
+    scheduler_image: str | None = None
 
     def is_current(self, tenant: Tenant, container: engine.Container | None, image_ids: dict[str, str]) -> bool:
         """Whether the tenant's container runs, made from its current definition and image
@@ -163,9 +170,82 @@ def _project_digest(project: Project, proxy_image: str | None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _inputs_digest(project_digest: str, tenant: Tenant, image: str, runtime: state.TenantRuntime) -> str:
-    record = (tenant.to_yaml_dict(), image, runtime.live_slot, runtime.routed_slot, runtime.subnet)
+def _inputs_digest(project_digest: str, tenant: Tenant, image: str, runtime: state.TenantRuntime,
+                   tls_key: str = "") -> str:
+    record = (tenant.to_yaml_dict(), image, runtime.live_slot, runtime.routed_slot, runtime.subnet, tls_key)
     return hashlib.sha256(f"{project_digest}\0{record!r}".encode()).hexdigest()
+
+
+def _tls_key(project: Project, tenant: Tenant, with_proxy: bool) -> str:
+    """What a tenant's TLS depends on beyond tenant.yaml: its mode, and the content of the
+    certificate files it gives (a renewed certificate is checked and installed again)."""
+    if not with_proxy:
+        return ""
+    mode = project.tls_of(tenant)
+    paths = tenant.tls_paths() if mode == TLS_GIVEN else None
+    return mode + ("".join(certificates.fingerprint(path)[:16] for path in paths) if paths else "")
+
+
+def check_certificates(project: Project, tenants: Iterable[Tenant], strict: bool = True) -> dict[str, str]:
+    """Check the certificate each of these tenants gives (tls: {cert, key}). A bad one is a
+    ConfigError naming the tenant, the problem and the fix, raised before anything is
+    written; not `strict`: the bad ones, by tenant, with the problem."""
+    bad = {}
+    for tenant in tenants:
+        if project.tls_of(tenant) != TLS_GIVEN:
+            continue
+        cert, key = tenant.tls_paths()
+        try:
+            certificates.check_given(cert, key, tenant.hosts, project.tls.trusted_roots)
+        except ValueError as exc:
+            if strict:
+                raise ConfigError(f"tenant {tenant.name}: tls: {exc}") from None
+            bad[tenant.name] = str(exc)
+    return bad
+
+
+def installed_certificate(project: Project, tenant: Tenant) -> Path:
+    """A given certificate as the proxy reads it: key and chain in one file (mode 0600)."""
+    return project.tls_dir / f"{tenant.name}.pem"
+
+
+def install_certificate(project: Project, tenant: Tenant) -> None:
+    """Put a checked certificate where the proxy reads it: its key and chain in one file,
+    written at once (a kill never leaves a key beside another certificate, which Apache's
+    next restart would refuse). The proxy reloads when it changed."""
+    cert, key = tenant.tls_paths()
+    text = key.read_text(encoding="ascii").rstrip("\n") + "\n" + cert.read_text(encoding="ascii")
+    target = installed_certificate(project, tenant)
+    try:
+        if target.read_text(encoding="ascii") == text:
+            return
+    except FileNotFoundError:
+        pass
+    proxy.mark_pending(project)
+    atomic_write(target, text, mode=0o600)
+    failpoint("render", "certificate-installed")
+
+
+def prepare_tls(project: Project, layout) -> None:
+    """What the proxy's HTTPS needs besides the vhosts: the catch-all's own certificate,
+    the ACME server's CA (compose: copied where the proxy sees it) and mod_md's store."""
+    if layout is None or layout.tls is None:
+        return
+    # Passable (not listable) by Apache's user, which reads the ACME server's CA in _acme/;
+    # each tenant's folder, holding its key, is the parent's (root's) alone.
+    project.tls_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(project.tls_dir, 0o711)
+    certificates.make_fallback(project.tls_dir / "_fallback" / "cert.pem", project.tls_dir / "_fallback" / "key.pem")
+    # mod_md makes its store in it; Apache's user, which renews certificates, passes through.
+    project.md_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(project.md_dir, 0o711)
+    if project.proxy.mode is ProxyMode.HOST:  # the host's Apache keeps its TLS session cache here
+        (project.state_dir / "apache").mkdir(parents=True, exist_ok=True)
+    if project.tls.acme_ca_file is not None and project.proxy.mode is ProxyMode.COMPOSE:
+        target = project.tls_dir / "_acme" / "ca.pem"
+        target.parent.mkdir(exist_ok=True)
+        os.chmod(target.parent, 0o755)
+        atomic_write(target, project.tls.acme_ca_file.read_text(encoding="ascii"))
 
 
 def _render_cache(project: Project) -> dict:
@@ -217,19 +297,29 @@ def render(project: Project, names: Iterable[str] | None = None, tenants: list[T
         configs = cache.get("configs", {}) if fresh else {}
         loads = cache.get("loads", {}) if fresh else {}  # what each tenant's settings.py last loaded with
         with_proxy = project.proxy.mode is not ProxyMode.NONE
-        layout = proxy_layout(project) if with_proxy else None
+        layout = proxy_layout(project, enabled) if with_proxy else None
         present = _listing(project.tenant_compose_dir) | (_listing(project.sites_dir) if with_proxy else set())
         todo = []
         for tenant in chosen:
             runtime = current.runtime(tenant.name)
-            digest = _inputs_digest(project_digest, tenant, images[tenant.name], runtime)
+            digest = _inputs_digest(project_digest, tenant, images[tenant.name], runtime,
+                                    _tls_key(project, tenant, with_proxy))
             if digests.get(tenant.name) == digest and _outputs_exist(project, tenant, with_proxy, present):
                 continue
             todo.append((tenant, runtime, digest, render_settings(project, tenant, tenant.url())))
+        # A bad certificate changes nothing of its tenant: a command about that tenant alone
+        # exits 2 (ConfigError); one about many (keep_going) goes on with the others and
+        # counts it as rejected; one that only stops tenants (no check) leaves its vhost and
+        # certificate as they were. Each renders it again next time.
+        single = wanted is not None and len(wanted) == 1
+        bad_tls = check_certificates(project, [t for t, _, _, _ in todo], strict=check and (single or not keep_going))
+        prepare_tls(project, layout)
         kinds = {t.name: migrations.graph_key(t, images) for t, _, _, _ in todo}
         rejected, unchecked = _check_new_settings(
             project, [(t, text) for t, _, _, text in todo if loads.get(t.name) != repr(kinds[t.name])],
             images, check_all) if check else ({}, set())
+        if check:
+            rejected.update({name: f"tls: {problem}" for name, problem in bad_tls.items() if name not in rejected})
         if rejected and not keep_going:
             raise migrations.SettingsBroken("\n".join(f"tenant {name}: {problem}" for name, problem in rejected.items()))
         previous = {}
@@ -249,11 +339,14 @@ def render(project: Project, names: Iterable[str] | None = None, tenants: list[T
             # running container whose label matches alone, without asking Compose.
             configs[tenant.name] = hashlib.sha256(dump_compose(doc).encode()).hexdigest()[:16]
             doc["services"][tenant.names.service]["labels"][CONFIG_LABEL] = configs[tenant.name]
+            add_processes(project, doc, tenant, project.processes_of(tenant))  # not in the web's digest
             atomic_write(project.tenant_compose_file(tenant), dump_compose(doc))
-            if with_proxy:
+            if with_proxy and tenant.name not in bad_tls:
+                if project.tls_of(tenant) == TLS_GIVEN:
+                    install_certificate(project, tenant)
                 proxy.write_site(project, tenant.names.vhost, render_proxy_vhost(
-                    tenant, layout, images[tenant.name], runtime.routed_slot))
-            if tenant.name not in rejected:
+                    tenant, layout, images[tenant.name], runtime.routed_slot, project.tls_of(tenant)))
+            if tenant.name not in rejected and tenant.name not in bad_tls:
                 digests[tenant.name] = digest
 
         if wanted is None:  # a full render also removes what belongs to no enabled tenant
@@ -271,12 +364,26 @@ def render(project: Project, names: Iterable[str] | None = None, tenants: list[T
         if project.database.service:
             ensure_db_admin_secret(project.db_env_file)
         subnets = {t.name: current.runtime(t.name).subnet for t in enabled}
-        stack_key = hashlib.sha256(f"{project_digest}\0{sorted(subnets.items())}".encode()).hexdigest()
+        tls = layout is not None and layout.tls is not None
+        schedule = render_schedule(project, enabled)
+        scheduler_context = scheduler_image = None
+        if schedule["tenants"]:
+            scheduler_context = builder.scheduler_context(project)
+            scheduler_image = builder.image_tag(project, scheduler_context, project.images.scheduler)
+        if schedule["tenants"] or project.scheduler_dir.is_dir():
+            atomic_write(project.scheduler_dir / SCHEDULE_FILE, dump_schedule(schedule))
+        user = scheduler_user(project) if scheduler_image else "0:0"
+        stack_key = hashlib.sha256(f"{project_digest}\0{sorted(subnets.items())}\0{tls}\0{scheduler_image}\0{user}"
+                                   .encode()).hexdigest()
         if cache.get("stack") != stack_key or not project.compose_file.exists():
-            atomic_write(project.compose_file, dump_compose(render_stack(project, enabled, proxy_image, subnets)))
+            doc = render_stack(project, enabled, proxy_image, subnets, tls, scheduler_image, user)
+            atomic_write(project.compose_file, dump_compose(doc))
+            if "proxy" in doc["services"]:
+                atomic_write(proxy.wanted_file(project), doc["services"]["proxy"]["labels"][PROXY_LABEL])
         _write_render_cache(project, {"project": project_digest, "stack": stack_key, "tenants": digests,
                                       "configs": configs, "loads": loads})
-        return Rendered(enabled, context, image, proxy_context, proxy_image, images, configs, rejected, previous)
+        return Rendered(enabled, context, image, proxy_context, proxy_image, images, configs, rejected, previous,
+                        scheduler_context, scheduler_image)
 
 
 def _files_of(project: Project, tenant: Tenant, with_proxy: bool) -> dict[Path, str | None]:
@@ -450,6 +557,7 @@ def forget(project: Project, tenant: Tenant) -> None:
     with locked(project):
         project.tenant_compose_file(tenant).unlink(missing_ok=True)
         proxy.remove_site(project, tenant.names.vhost)
+        installed_certificate(project, tenant).unlink(missing_ok=True)
         cache = _render_cache(project)
         cache.get("tenants", {}).pop(tenant.name, None)
         cache.get("configs", {}).pop(tenant.name, None)
@@ -481,6 +589,8 @@ def ensure_images(client, project: Project, rendered: Rendered, report: Report =
         raise ConfigError(next(iter(missing.values())))
     if rendered.proxy_context is not None:
         builds.append((rendered.proxy_context, rendered.proxy_image, project.images.proxy_base, {}))
+    if rendered.scheduler_context is not None:
+        builds.append((rendered.scheduler_context, rendered.scheduler_image, project.images.base, {}))
     for context, tag, base, args in builds:
         if force or not builder.image_is_current(client, tag, context):
             report(f"building image {tag}")
@@ -731,14 +841,93 @@ def reload_proxy(client, project: Project, tenants: list[Tenant], report: Report
 
 
 def remove_tenant_runtime(client, project: Project, tenant: Tenant) -> None:
-    """Stop and remove a tenant's container and network (its data stays)."""
-    engine.compose(project, "rm", "--stop", "--force", tenant.names.service, tenant=tenant, check=False)
+    """Stop and remove a tenant's containers (web and processes) and network (its data stays)."""
+    engine.compose(project, "rm", "--stop", "--force", *services_of(project, tenant), tenant=tenant, check=False)
+    for entry in process_containers(client, project, [tenant.name]):  # ones tenant.yaml no longer names
+        client.api.remove_container(entry["Id"], force=True)
+    remove_jobs(client, project, [tenant.name])
     engine.remove_network(client, project.network_name(tenant.names))
+
+
+DOCKER_SOCKET = Path("/var/run/docker.sock")
+
+
+def scheduler_user(project: Project) -> str:
+    """The scheduler runs as the owner of the logs folder it writes (whoever runs tenantkit),
+    in the group of the engine's socket: no root, no capability."""
+    project.logs_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        group = DOCKER_SOCKET.stat().st_gid
+    except OSError:
+        group = 0
+    return f"{project.logs_dir.stat().st_uid}:{group}"
+
+
+def remove_jobs(client, project: Project, names: Iterable[str] | None = None) -> None:
+    """Remove the scheduler's job containers (of these tenants): they carry no Compose
+    label, and a running one keeps its tenant's network in use."""
+    labels = [f"tenantkit.project={project.name}", "tenantkit.job"]
+    wanted = None if names is None else set(names)
+    for entry in client.api.containers(all=True, filters={"label": labels}):
+        if wanted is None or entry["Labels"].get("tenantkit.tenant") in wanted:
+            client.api.remove_container(entry["Id"], force=True)
+
+
+def sync_scheduler(client, project: Project, rendered: Rendered, report: Report = quiet) -> None:
+    """Run the scheduler when some tenant has a schedule (on its current image), and remove
+    it when none has. Schedules themselves change without a restart: it re-reads
+    compose/scheduler/schedule.json."""
+    found = engine.container(client, project, "scheduler")
+    if rendered.scheduler_image is None:
+        if found is not None:
+            report("removing the scheduler (no tenant has a schedule)")
+            engine.compose(project, "rm", "--stop", "--force", "scheduler", check=False)
+        return
+    if (engine.state_of(found) is ContainerState.RUNNING
+            and found.labels.get(SCHEDULER_LABEL) == rendered.scheduler_image):
+        return
+    report("starting the scheduler")
+    engine.compose(project, "up", "-d", "--no-deps", "scheduler")
+
+
+def services_of(project: Project, tenant: Tenant) -> list[str]:
+    """A tenant's compose services: its web container's, then one per background process."""
+    return [tenant.names.service, *(process_service_name(tenant, p) for p in project.processes_of(tenant))]
+
+
+def process_containers(client, project: Project, names: Iterable[str] | None = None) -> list[dict]:
+    """The engine's list entries of background process containers (of these tenants)."""
+    listed = client.api.containers(all=True, filters={"label": [f"com.docker.compose.project={project.name}",
+                                                                PROCESS_LABEL]})
+    wanted = None if names is None else set(names)
+    return [entry for entry in listed if wanted is None or entry["Labels"].get("tenantkit.tenant") in wanted]
+
+
+def sync_processes(client, project: Project, tenants: list[Tenant], report: Report = quiet) -> None:
+    """Bring the tenants' background processes to their rendered definition: Compose starts
+    them, recreating those whose definition or image changed (after a deploy, say); a
+    process tenant.yaml no longer names is removed. Tenants without processes cost one
+    list call for the batch."""
+    wanted = {t.name: set(project.processes_of(t)) for t in tenants}
+    for entry in process_containers(client, project, wanted):
+        labels = entry["Labels"]
+        if labels.get(PROCESS_LABEL) not in wanted[labels["tenantkit.tenant"]]:
+            report(f"{labels['tenantkit.tenant']}: removing process {labels.get(PROCESS_LABEL)}")
+            client.api.remove_container(entry["Id"], force=True)
+    with_processes = [t for t in tenants if wanted[t.name]]
+    if not with_processes:
+        return
+    services = [service for t in with_processes for service in services_of(project, t)[1:]]
+    report(f"starting processes: {', '.join(services)}")
+    if len(with_processes) == 1:
+        engine.compose(project, "up", "-d", "--no-deps", *services, tenant=with_processes[0])
+    else:
+        engine.compose(project, "up", "-d", "--no-deps", *services)
 
 
 __all__ = [
     "Report", "Rendered", "quiet", "checked", "select", "write_tenant_yaml", "ensure_tenant_files",
     "write_settings", "next_port", "render", "current_config", "forget", "ensure_images", "check_network_pool",
     "unbuilt", "settings_problems", "restore_previous", "start_database", "ensure_database", "connect_networks", "start_services", "compose_services", "provision", "template_keys", "image_ids_of", "schema_key", "project_digest", "make_templates", "connection_limit", "migrate_tenant", "migrate_many", "reload_proxy",
-    "remove_tenant_runtime",
+    "remove_tenant_runtime", "services_of", "process_containers", "sync_processes", "check_certificates", "sync_scheduler", "remove_jobs", "installed_certificate",
 ]

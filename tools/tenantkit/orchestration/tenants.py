@@ -7,28 +7,31 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 import re
 import secrets as _secrets
 import shutil
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
 import filelock
 
-from ..act import database, engine, health, migrations, state
+from ..act import certificates, database, engine, health, migrations, state
 from ..act import memory as memory_of
 from ..act.engine import ContainerState, OperationFailed
 from ..act.failpoints import failpoint
 from ..act.files import atomic_write, held_elsewhere, locked, port_is_free
-from ..model import (ConfigError, Project, ProxyMode, Tenant, check_count, check_host, check_hosts_free,
+from ..model import (TLS_GIVEN, TLS_OFF, ConfigError, Project, ProxyMode, Tenant, check_count, job_id, check_host, check_hosts_free, check_tls_mode,
                      check_memory, check_module, check_name, check_port, check_release, check_title,
                      display_path, load_tenants, reserved_ports)
 from ..render.apache import host_layout, render_sites
+from ..render.scheduler import SCHEDULE_LOG
 from ..render.settings import render_settings
 from . import stack
 from .stack import Report, checked, quiet, select
@@ -172,6 +175,8 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
                 stack.start_services(client, project, stale, rendered, image_ids)
             health.wait_healthy(client, project, chosen, report)
             reloaded.result()
+        stack.sync_processes(client, project, chosen, report)
+        stack.sync_scheduler(client, project, rendered, report)
         _deploy_checks(project, [t for t in stale if t in chosen], rendered, image_ids, report)
         health.wait_routed(project, chosen)
     if failures:  # the others are up; the command still fails, naming each failure
@@ -218,7 +223,7 @@ def _deploy_checks(project: Project, tenants: list[Tenant], rendered: stack.Rend
 
     def one(tenant: Tenant) -> None:
         kind = stack.schema_key(tenant, image_ids.get(rendered.images[tenant.name]) or "",
-                                f"debug={tenant.debug or project.dev}")
+                                f"debug={tenant.debug or project.dev},tls={project.tls_of(tenant)}")
         cached = folder / f"{hashlib.sha256((kind + settings_digest).encode()).hexdigest()[:24]}.txt"
         if cached.is_file():
             found = cached.read_text().split()
@@ -246,10 +251,14 @@ def down(project: Project, names: Iterable[str] = (), all_: bool = False,
         chosen = select(rendered.tenants, names, all_)
         if all_:
             report("stopping the whole stack")
+            if rendered.scheduler_image or project.scheduler_dir.is_dir():  # no new job starts meanwhile
+                engine.compose(project, "stop", "scheduler", check=False)
+                stack.remove_jobs(engine.connect(), project)
             engine.compose(project, "down", "--remove-orphans")
         else:
             report(f"stopping {', '.join(t.name for t in chosen)}")
-            stack.compose_services(project, chosen, "stop")
+            services = [service for t in chosen for service in stack.services_of(project, t)]
+            engine.compose(project, "stop", *services, **({"tenant": chosen[0]} if len(chosen) == 1 else {}))
     return chosen
 
 
@@ -276,7 +285,10 @@ SETTABLE = {
     "threads": _number(check_count),
     "port": _number(check_port),
     "release": lambda value: check_release(value) if value else None,  # pin (empty: unpin)
+    "tls": lambda value: None if value in ("", "default") else check_tls_mode(value),  # off, auto, default
 }
+# `tls_cert=FILE tls_key=FILE`: a certificate of the tenant's own (checked before it is written).
+CERTIFICATE_KEYS = {"tls_cert", "tls_key"}
 
 
 def set_values(project: Project, name: str, assignments: Iterable[str]) -> Tenant:
@@ -286,12 +298,21 @@ def set_values(project: Project, name: str, assignments: Iterable[str]) -> Tenan
         key, found, value = assignment.partition("=")
         if not found:
             raise ConfigError(f"{assignment!r} is not key=value, such as title='ACME Inc'")
+        if key in CERTIFICATE_KEYS:
+            changes[key] = str(Path(value).resolve()) if value else None
+            continue
         if key not in SETTABLE:
-            raise ConfigError(f"{key!r} cannot be set; settable keys: {', '.join(sorted(SETTABLE))}")
+            raise ConfigError(f"{key!r} cannot be set; settable keys: {', '.join(sorted({*SETTABLE, *CERTIFICATE_KEYS}))}")
         try:
             changes[key] = SETTABLE[key](value)
         except ValueError as exc:
             raise ConfigError(f"{key}: {exc}") from None
+    if bool(changes.get("tls_cert", ...)) != bool(changes.get("tls_key", ...)):
+        raise ConfigError("give tls_cert=FILE and tls_key=FILE together (or both empty, to drop the certificate)")
+    if changes.get("tls_cert"):
+        changes["tls"] = None
+    elif "tls" in changes and "tls_cert" not in changes:  # off, auto or default: its own certificate goes
+        changes.update(tls_cert=None, tls_key=None)
     if not changes:
         raise ConfigError("give at least one key=value to set")
     with locked(project):
@@ -303,6 +324,8 @@ def set_values(project: Project, name: str, assignments: Iterable[str]) -> Tenan
             _check_port_free(project, tenants, changed)
         if changes.get("release"):
             _check_release_exists(project, changed.release)
+        if changed.tls_cert:  # exit 2 on a bad certificate, before anything is written
+            stack.check_certificates(project, [changed])
         # The new settings are loaded before anything is written (when its extra apps or
         # release change what they import): a typo is refused here, not at the next restart.
         rendered = stack.render(project, [name], [changed if t.name == name else t for t in tenants],
@@ -352,6 +375,7 @@ class TenantStatus:
     maintenance: bool = False
     memory: memory_of.Memory | None = None
     memory_limit: str = ""  # as tenant.yaml gives it
+    processes: dict[str, str] = field(default_factory=dict)  # background process -> its container's state
 
     def to_dict(self) -> dict:
         row = asdict(self)
@@ -382,8 +406,104 @@ def status(project: Project) -> list[TenantStatus]:
     return [TenantStatus(name=t.name, title=t.title, hosts=list(t.hosts), state=_state(t, found),
                          health=healths.get(t.name, ""), url=project.tenant_url(t), port=t.port,
                          database=t.names.database, maintenance=t.maintenance, memory=_memory(t, found),
-                         memory_limit=t.memory)
+                         memory_limit=t.memory, processes=_processes(project, t, found))
             for t in tenants]
+
+
+def _processes(project: Project, tenant: Tenant, found: dict) -> dict[str, str]:
+    """Each background process of the tenant and its container's state (restarting: it
+    keeps exiting)."""
+    states = {}
+    for name in project.processes_of(tenant):
+        container = found.get(tenant.names.process_service(name))
+        states[name] = ("restarting" if container is not None and container.restarting
+                        else engine.state_of(container).value)
+    return states
+
+
+SCHEDULE_TAIL = 256 * 1024  # bytes of a schedule log read for the last runs: thousands of lines
+
+
+def last_runs(project: Project, tenant: Tenant) -> list[dict]:
+    """Each scheduled job of the tenant with its last run (None: none logged yet), from the
+    end of .tenantkit/logs/NAME.schedule.log."""
+    latest: dict[str, dict] = {}
+    for record in _schedule_records(project, tenant.name, SCHEDULE_TAIL):
+        latest[record.get("job")] = record
+    return [{"id": job_id(cron, command), "cron": cron, "command": command,
+             "last": latest.get(job_id(cron, command))} for cron, command in project.schedule_of(tenant)]
+
+
+def _schedule_records(project: Project, name: str, limit: int) -> list[dict]:
+    path = project.logs_dir / SCHEDULE_LOG.format(name=name)
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - limit))
+            text = handle.read().decode(errors="replace")
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in text.splitlines()[1 if len(text) >= limit else 0:]:  # the first may be cut
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def describe_run(record: dict) -> str:
+    """One scheduled run on one line: when, what, and how it ended."""
+    how = record.get("status", "?")
+    if record.get("exit") is not None:
+        how += f" (exit {record['exit']})"
+    if record.get("message"):
+        how += f": {record['message']}"
+    return f"{record.get('start', '?')}  {record.get('command', '?')}  [{record.get('cron', '?')}]  {how}"
+
+
+def _schedule_log(project: Project, tenant: Tenant, follow: bool, lines: int) -> int:
+    """Print the tenant's scheduled runs (the last `lines`), then, following, new ones."""
+    for record in _schedule_records(project, tenant.name, SCHEDULE_TAIL)[-lines:] if lines else []:
+        print(describe_run(record), flush=True)
+    if not follow:
+        return 0
+    path = project.logs_dir / SCHEDULE_LOG.format(name=tenant.name)
+    position = path.stat().st_size if path.exists() else 0
+    try:
+        while True:
+            time.sleep(0.5)
+            size = path.stat().st_size if path.exists() else 0
+            if size < position:  # rotated
+                position = 0
+            if size > position:
+                with open(path, "rb") as handle:
+                    handle.seek(position)
+                    chunk = handle.read(size - position)
+                position += len(chunk)
+                for line in chunk.decode(errors="replace").splitlines():
+                    try:
+                        print(describe_run(json.loads(line)), flush=True)
+                    except ValueError:
+                        continue
+    except KeyboardInterrupt:
+        return 0
+
+
+def certificate_of(project: Project, tenant: Tenant) -> dict | None:
+    """The tenant's TLS and its certificate's expiry: the one its tenant.yaml gives (which
+    the proxy serves from the next `tenant up`), or the one mod_md obtained (None while there
+    is none yet)."""
+    mode = project.tls_of(tenant)
+    if mode == TLS_OFF:
+        return None
+    if mode == TLS_GIVEN:
+        path = tenant.tls_paths()[0]  # as given: what the proxy has, unless `up` has not run since
+    else:
+        path = project.acme_certificate(tenant)
+    found = certificates.read_certificate(path)
+    return {"mode": mode, "expires": found.not_after.isoformat() if found else None,
+            "days_left": found.days_left() if found else None, "issuer": found.issuer if found else None}
 
 
 def status_detail(project: Project, names: Iterable[str] = ()) -> tuple[list[dict], database.Connections | None]:
@@ -414,7 +534,9 @@ def status_detail(project: Project, names: Iterable[str] = ()) -> tuple[list[dic
                "uptime_seconds": None, "maintenance": tenant.maintenance,
                "database": tenant.names.database, "database_bytes": sizes.get(tenant.names.database),
                "connections": connections.by_database.get(tenant.names.database, 0) if connections else None,
-               "connection_limit": stack.connection_limit(tenant)}
+               "connection_limit": stack.connection_limit(tenant),
+               "tls": certificate_of(project, tenant), "processes": _processes(project, tenant, found),
+               "schedule": last_runs(project, tenant)}
         if engine.state_of(current) is ContainerState.RUNNING:
             used = memory_of.read(current.id)
             if used is None:  # an engine on another host: its own figures
@@ -577,15 +699,26 @@ def apache_proxy(project: Project, out: Path, listen_port: int, report: Report =
 # ---------------------------------------------------------------------------
 # logs
 
-def logs(project: Project, name: str, follow: bool = False, lines: int = 100) -> int:
-    """Print the tenant's container output, then its Apache access and error logs."""
+def logs(project: Project, name: str, follow: bool = False, lines: int = 100, process: str | None = None,
+         schedule: bool = False) -> int:
+    """Print the tenant's container output, then its Apache access and error logs (with
+    `process`: that background process's output only; `schedule`: its scheduled runs)."""
     tenant = select(load_tenants(project), [name], False)[0]
+    if schedule:
+        return _schedule_log(project, tenant, follow, lines)
     engine.connect()
+    service = tenant.names.service
     apache = [project.logs_dir / f"{name}.access.log", project.logs_dir / f"{name}.error.log"]
+    if process is not None:
+        processes = project.processes_of(tenant)
+        if process not in processes:
+            raise ConfigError(f"tenant {name} has no process {process!r}; its processes: "
+                              f"{', '.join(processes) or 'none'} (tenant.yaml `processes:`)")
+        service, apache = tenant.names.process_service(process), []
     apache = [str(path) for path in apache if path.exists()]
     args = ["logs", "--no-color", "--tail", str(lines)] + (["--follow"] if follow else [])
     if not follow:
-        code = engine.compose(project, *args, tenant.names.service, tenant=tenant, capture=False,
+        code = engine.compose(project, *args, service, tenant=tenant, capture=False,
                               check=False).returncode
         for path in apache:
             print(f"==> {path} <==", flush=True)
@@ -593,7 +726,7 @@ def logs(project: Project, name: str, follow: bool = False, lines: int = 100) ->
         return code
     tails = subprocess.Popen(["tail", "-n", str(lines), "-F", *apache]) if apache else None
     try:
-        return engine.compose(project, *args, tenant.names.service, tenant=tenant, capture=False,
+        return engine.compose(project, *args, service, tenant=tenant, capture=False,
                               check=False).returncode
     finally:
         if tails:
@@ -601,4 +734,5 @@ def logs(project: Project, name: str, follow: bool = False, lines: int = 100) ->
 
 
 __all__ = ["new", "render", "build", "up", "down", "set_values", "SETTABLE", "status", "status_detail", "memory", "test",
-           "TenantStatus", "manage", "maintenance", "apache_proxy", "logs"]
+           "TenantStatus", "manage", "maintenance", "apache_proxy", "logs", "last_runs", "describe_run",
+           "certificate_of"]

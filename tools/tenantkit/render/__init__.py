@@ -16,3 +16,5 @@ environment = jinja2.Environment(
 # Values reach Python source as literals, never as raw text, so a title with quotes
 # or backslashes cannot change the meaning of a settings file.
 environment.filters["py"] = repr
+# A macro's output without its last line break, so the line after the call keeps its indent.
+environment.filters["rstrip"] = lambda text, chars=None: str(text).rstrip(chars)

@@ -9,7 +9,7 @@ import html
 import re
 from dataclasses import dataclass
 
-from ..model import APP_PORT, ConfigError, Project, ProxyMode, Tenant
+from ..model import APP_PORT, TLS_AUTO, TLS_OFF, ConfigError, Project, ProxyMode, Tenant
 from . import environment
 
 DEFAULT_SITE = "000-default.conf"  # sorts before every tenant name (they start with a letter)
@@ -41,6 +41,35 @@ def apache_uri(path: str) -> str:
 
 
 @dataclass(frozen=True)
+class TlsLayout:
+    """HTTPS of the proxy: where Apache listens for it and finds certificates, and how it gets
+    ACME certificates. Built only when some tenant has TLS."""
+
+    listen_port: int  # where Apache listens for HTTPS
+    public_port: int  # where users reach it (compose: the published port)
+    listen: bool  # whether tenantkit writes the Listen directive
+    modules: str  # Apache's modules folder (for LoadModule)
+    runtime_dir: str  # for mod_ssl's session cache
+    cert_dir: str  # given certificates: NAME.pem (key and chain); the catch-all's in _fallback/
+    store: str  # mod_md's store
+    acme: dict | None  # directory, email, ca_file: when some tenant has `tls: auto`
+    message_cmd: str = ""  # mod_md's MDMessageCmd (compose: the proxy image's script)
+    hsts: int = 0
+
+    @property
+    def port_suffix(self) -> str:
+        return "" if self.public_port == 443 else f":{self.public_port}"
+
+    @property
+    def fallback_cert(self) -> str:
+        return f"{self.cert_dir}/_fallback/cert.pem"
+
+    @property
+    def fallback_key(self) -> str:
+        return f"{self.cert_dir}/_fallback/key.pem"
+
+
+@dataclass(frozen=True)
 class ProxyLayout:
     """Where the proxy finds things: inside the proxy container, or on the host."""
 
@@ -51,6 +80,7 @@ class ProxyLayout:
     in_compose: bool
     health_path: str = "/"
     health_interval: int = 0  # seconds between the proxy's checks of each backend; 0: none
+    tls: TlsLayout | None = None  # HTTPS, when some tenant has TLS
 
     def backend(self, tenant: Tenant, slot: str = "a") -> str:
         """Where the tenant's container answers: the name of the slot the proxy routes to
@@ -60,12 +90,40 @@ class ProxyLayout:
         return f"http://127.0.0.1:{tenant.port}"
 
 
-def proxy_layout(project: Project) -> ProxyLayout:
-    """The layout of the project's proxy mode (compose service or host Apache)."""
+COMPOSE_TLS_DIR = "/etc/tenantkit/tls"  # the proxy container's view of .tenantkit/tls
+COMPOSE_MD_STORE = "/etc/tenantkit/md/store"  # and of .tenantkit/md/store
+
+
+def proxy_layout(project: Project, tenants: list[Tenant] | None = None) -> ProxyLayout:
+    """The layout of the project's proxy mode (compose service or host Apache); with HTTPS
+    when one of `tenants` has TLS."""
     if project.proxy.mode is ProxyMode.COMPOSE:
         return ProxyLayout(80, "/var/log/tenantkit", "/srv/media", "/srv/assets", True,
-                           apache_uri(project.health_path), project.proxy.health_interval)
-    return host_layout(project, project.proxy.port)
+                           apache_uri(project.health_path), project.proxy.health_interval,
+                           tls_layout(project, tenants or []))
+    return host_layout(project, project.proxy.port, tenants)
+
+
+def tls_layout(project: Project, tenants: list[Tenant]) -> TlsLayout | None:
+    """HTTPS of the proxy, when some tenant has TLS (None: the proxy serves HTTP only)."""
+    modes = {project.tls_of(t) for t in tenants} - {TLS_OFF}
+    if not modes:
+        return None
+    tls = project.tls
+    acme = None
+    compose = project.proxy.mode is ProxyMode.COMPOSE
+    if TLS_AUTO in modes:
+        ca_file = None
+        if tls.acme_ca_file is not None:
+            ca_file = f"{COMPOSE_TLS_DIR}/_acme/ca.pem" if compose else apache_path(str(tls.acme_ca_file))
+        acme = {"directory": tls.acme_directory, "email": tls.acme_email, "ca_file": ca_file}
+    if compose:
+        return TlsLayout(443, project.proxy.tls_port, True, "${TK_MODULES}", "/tmp/httpd", COMPOSE_TLS_DIR,
+                         COMPOSE_MD_STORE, acme, "/opt/tenantkit/md-message", tls.hsts)
+    # The host's Apache: Debian's ports.conf already listens on 443 when mod_ssl is on.
+    return TlsLayout(project.proxy.tls_port, project.proxy.tls_port, project.proxy.tls_port != 443,
+                     "/usr/lib/apache2/modules", apache_path(str(project.state_dir / "apache")),
+                     apache_path(str(project.tls_dir)), apache_path(str(project.md_dir / "store")), acme, "", tls.hsts)
 
 
 def release_of(image: str) -> str:
@@ -73,10 +131,19 @@ def release_of(image: str) -> str:
     return image.rpartition(":")[2]
 
 
-def render_proxy_vhost(tenant: Tenant, layout: ProxyLayout, image: str, slot: str = "a") -> str:
+def render_proxy_vhost(tenant: Tenant, layout: ProxyLayout, image: str, slot: str = "a",
+                       tls: str = TLS_OFF) -> str:
     """One tenant's vhost: its hosts, its media and assets, a proxy to its container only
-    (the one in `slot`, in compose mode)."""
+    (the one in `slot`, in compose mode). With TLS (`tls`: auto or given; the layout must
+    have HTTPS), all of that on HTTPS, and HTTP redirects there."""
+    tls_vars = None
+    if tls != TLS_OFF:
+        assert layout.tls is not None, "a TLS tenant needs a layout with HTTPS"
+        tls_vars = {"auto": tls == TLS_AUTO, "listen_port": layout.tls.listen_port,
+                    "port_suffix": layout.tls.port_suffix, "hsts": layout.tls.hsts,
+                    "cert": f"{layout.tls.cert_dir}/{tenant.name}.pem"}
     return environment.get_template("vhost-proxy.conf.j2").render(
+        tls=tls_vars,
         tenant=tenant,
         listen_port=layout.listen_port,
         log_dir=layout.log_dir,
@@ -103,22 +170,23 @@ def maintenance_title(title: str) -> str:
 
 def render_default_vhost(layout: ProxyLayout) -> str:
     return environment.get_template("vhost-default.conf.j2").render(
-        listen_port=layout.listen_port, log_dir=layout.log_dir, log_format="combined")
+        listen_port=layout.listen_port, log_dir=layout.log_dir, log_format="combined", tls=layout.tls)
 
 
-def host_layout(project: Project, listen_port: int) -> ProxyLayout:
+def host_layout(project: Project, listen_port: int, tenants: list[Tenant] | None = None) -> ProxyLayout:
     """The host's own Apache proxying to the tenants' published loopback ports."""
     return ProxyLayout(listen_port, apache_path(str(project.logs_dir)), apache_path(str(project.media_root)),
-                       apache_path(str(project.assets_dir)), False)
+                       apache_path(str(project.assets_dir)), False, tls=tls_layout(project, tenants or []))
 
 
 def render_sites(project: Project, tenants: list[Tenant], images: str | dict[str, str],
                  layout: ProxyLayout | None = None, slots: dict[str, str] | None = None) -> dict[str, str]:
     """Every vhost file of the project's proxy, by file name. `slots`: the slot each
     tenant's traffic goes to (compose mode; "a" when not given)."""
-    layout = layout or proxy_layout(project)
+    layout = layout or proxy_layout(project, tenants)
     sites = {DEFAULT_SITE: render_default_vhost(layout)}
     for tenant in tenants:
         image = images[tenant.name] if isinstance(images, dict) else images
-        sites[tenant.names.vhost] = render_proxy_vhost(tenant, layout, image, (slots or {}).get(tenant.name, "a"))
+        sites[tenant.names.vhost] = render_proxy_vhost(tenant, layout, image, (slots or {}).get(tenant.name, "a"),
+                                                       project.tls_of(tenant) if layout.tls else TLS_OFF)
     return sites

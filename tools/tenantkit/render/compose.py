@@ -9,13 +9,16 @@ compose/compose.yaml up` runs the whole stack.
 Built as data and dumped with yaml.safe_dump (libyaml's C dumper when present). Secrets
 never appear in them: containers read env files (mode 0600) that the documents only name.
 """
+import copy
 import ipaddress
 import posixpath
+import shlex
 
 import yaml
 
 from ..model import APP_PORT, MEDIA_DIR, OWNER_LABEL, Project, ProxyMode, Tenant
 
+PROXY_LABEL = "tenantkit.proxy"  # on the proxy: the digest of its definition
 SLOT_LABEL = "tenantkit.slot"  # the slot a tenant's container runs in: a deploy tells old from new by it
 PIDS_LIMIT = 256  # processes and threads per tenant container: gunicorn's, with room to spare
 
@@ -168,7 +171,8 @@ def tenant_service(project: Project, tenant: Tenant, image: str, settings_digest
 
 def render_tenant_compose(project: Project, tenant: Tenant, image: str, subnet: str,
                           settings_digest: str = "", slot: str = "a") -> dict:
-    """compose/tenants/NAME.yaml: the tenant's service and its network, on its own subnet."""
+    """compose/tenants/NAME.yaml: the tenant's service and its network, on its own subnet
+    (its processes are added by add_processes)."""
     names = tenant.names
     return {
         "name": project.name,
@@ -177,8 +181,32 @@ def render_tenant_compose(project: Project, tenant: Tenant, image: str, subnet: 
     }
 
 
+PROCESS_LABEL = "tenantkit.process"  # on a tenant's background process: its name
+
+
+def process_service_name(tenant: Tenant, process: str) -> str:
+    return tenant.names.process_service(process)
+
+
+def add_processes(project: Project, doc: dict, tenant: Tenant, processes: dict[str, str]) -> None:
+    """A service per background process (tenant.yaml `processes:`), made like the tenant's
+    web container (image, settings, secrets, media, network, limits, lockdown), running its
+    command instead of gunicorn. Restarted when it exits. Reached by nothing: no alias on
+    the network, no port."""
+    web = doc["services"][tenant.names.service]
+    for name, command in processes.items():
+        service = copy.deepcopy({key: value for key, value in web.items() if key not in ("ports", "labels", "networks")})
+        service["command"] = shlex.split(command)
+        service["networks"] = [tenant.names.network]
+        service["labels"] = {"tenantkit.tenant": tenant.name, PROCESS_LABEL: name,
+                             "tenantkit.settings": web["labels"]["tenantkit.settings"]}
+        service["environment"] = {**web["environment"], "TENANTKIT_PROCESS": name}
+        service["stop_grace_period"] = "20s"
+        doc["services"][process_service_name(tenant, name)] = service
+
+
 def proxy_service(project: Project, tenants: list[Tenant], proxy_image: str,
-                  subnets: dict[str, str] | None = None) -> dict:
+                  subnets: dict[str, str] | None = None, tls: bool = False) -> dict:
     """Apache in front: on every tenant's network (at a fixed address, the only one tenants
     believe X-Forwarded-Proto from), with the sites, media and assets read-only.
 
@@ -194,10 +222,11 @@ def proxy_service(project: Project, tenants: list[Tenant], proxy_image: str,
     networks: dict | list = {
         t.names.network: ({"ipv4_address": proxy_address(subnets[t.name])} if subnets.get(t.name) else None)
         for t in tenants} or ["default"]
-    return {
+    address = project.proxy.address
+    service = {
         "image": proxy_image,
         "pull_policy": "never",
-        "ports": [f"127.0.0.1:{project.proxy.port}:80"],
+        "ports": [f"{address}:{project.proxy.port}:80"],
         "volumes": [
             bind(_from_stack("compose", "apache", "sites"), "/etc/tenantkit/sites"),
             bind(_from_stack(MEDIA_DIR), MEDIA_MOUNT),
@@ -214,17 +243,36 @@ def proxy_service(project: Project, tenants: list[Tenant], proxy_image: str,
         },
         "networks": networks,
     }
+    if tls:  # HTTPS: its port, the given certificates (read-only) and mod_md's store
+        service["ports"].append(f"{address}:{project.proxy.tls_port}:443")
+        service["volumes"] += [bind(_from_stack(".tenantkit", "tls"), "/etc/tenantkit/tls"),
+                               bind(_from_stack(".tenantkit", "md"), "/etc/tenantkit/md", read_only=False)]
+    # What the container is made from, but its networks (tenantkit attaches those): a
+    # running proxy whose label differs is recreated (see act/proxy.sync).
+    made_of = {key: value for key, value in service.items() if key != "networks"}
+    service["labels"] = {PROXY_LABEL: proxy_digest(made_of)}
+    return service
+
+
+def proxy_digest(service: dict) -> str:
+    import hashlib
+    return hashlib.sha256(yaml.dump(service, Dumper=Dumper, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def render_stack(project: Project, tenants: list[Tenant], proxy_image: str | None = None,
-                 subnets: dict[str, str] | None = None) -> dict:
+                 subnets: dict[str, str] | None = None, tls: bool = False, scheduler_image: str | None = None,
+                 scheduler_user: str = "0:0") -> dict:
     """compose/compose.yaml: database and proxy, and an include of every tenant's file.
-    `subnets`: each tenant network's subnet (the proxy has a fixed address on each)."""
+    `subnets`: each tenant network's subnet (the proxy has a fixed address on each); `tls`:
+    whether the proxy serves HTTPS (some tenant has TLS)."""
     services: dict = {}
     if project.database.service:
         services["db"] = db_service(project, tenants)
     if project.proxy.mode is ProxyMode.COMPOSE and proxy_image:
-        services["proxy"] = proxy_service(project, tenants, proxy_image, subnets)
+        services["proxy"] = proxy_service(project, tenants, proxy_image, subnets, tls)
+    if scheduler_image:  # some tenant has a schedule
+        from .scheduler import scheduler_service
+        services["scheduler"] = scheduler_service(project, scheduler_image, scheduler_user)
     doc: dict = {"name": project.name}
     if tenants:
         doc["include"] = [posixpath.join("tenants", t.names.compose_file) for t in tenants]
