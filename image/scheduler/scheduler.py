@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import requests
 from croniter import croniter
 
 PROJECT_LABEL = "tenantkit.project"  # a job container's installation
@@ -176,14 +177,26 @@ def advance(jobs: Iterable[Job], next_due: Mapping[str, float], now: float) -> t
     return due, updated
 
 
-def plan(due: Iterable[Job], running: Iterable[str]) -> tuple[list[Job], list[Job]]:
-    """(to start, to skip): a job whose previous run (key) is still running is skipped."""
+PER_TENANT = 4  # runs of one tenant's jobs at a time: one tenant's slow jobs never hold every slot
+
+
+def plan(due: Iterable[Job], running: Iterable[str], per_tenant: int = PER_TENANT) -> tuple[list[Job], list[Job]]:
+    """(to start, to skip): a job whose previous run (key) is still running is skipped, and
+    so is one of a tenant that has `per_tenant` runs going already."""
     busy = set(running)
+    counts: dict[str, int] = {}
+    for key in busy:
+        tenant = key.partition("/")[0]
+        counts[tenant] = counts.get(tenant, 0) + 1
     start: list[Job] = []
     skip: list[Job] = []
     for job in due:
-        (skip if job.key in busy else start).append(job)
+        if job.key in busy or counts.get(job.tenant, 0) >= per_tenant:
+            skip.append(job)
+            continue
+        start.append(job)
         busy.add(job.key)
+        counts[job.tenant] = counts.get(job.tenant, 0) + 1
     return start, skip
 
 
@@ -378,9 +391,31 @@ def create_job_container(client: docker.DockerClient, clone: Clone, project: str
     return created["Id"]
 
 
-def collect(client: docker.DockerClient, container: str) -> tuple[int, list[str]]:
-    """Wait for a job container to end: its exit code and the end of its output."""
-    exit_code = client.api.wait(container, timeout=None)["StatusCode"]  # None: no HTTP timeout, jobs run long
+JOB_TIMEOUT = 3600  # seconds a run may take; then it is stopped and logged as failed
+WAIT_RETRIES = 3  # the engine dropping the connection while a run goes on: ask again
+
+
+class TimedOut(Exception):
+    """A run that went past JOB_TIMEOUT (and was stopped)."""
+
+
+def collect(client: docker.DockerClient, container: str, limit: float = JOB_TIMEOUT) -> tuple[int, list[str]]:
+    """Wait for a job container to end: its exit code and the end of its output. Past
+    `limit` seconds it is stopped (TimedOut); a dropped connection is retried, so a run
+    is never left going while it counts as ended."""
+    deadline = time.monotonic() + limit
+    for attempt in range(WAIT_RETRIES + 1):
+        left = deadline - time.monotonic()
+        try:
+            exit_code = client.api.wait(container, timeout=max(1, left))["StatusCode"]
+            break
+        except requests.exceptions.RequestException:
+            if time.monotonic() >= deadline:
+                client.api.kill(container)
+                raise TimedOut(f"stopped after {limit:.0f} s, its time limit") from None
+            if attempt == WAIT_RETRIES:
+                raise
+            time.sleep(2 ** attempt)
     return exit_code, tail_lines(client.api.logs(container, stdout=True, stderr=True, tail=OUTPUT_LINES))
 
 
@@ -413,7 +448,12 @@ def run_job(client: docker.DockerClient, project: str, job: Job) -> dict:
         container = create_job_container(client, clone_settings(web, project, job.service), project, job, start)
         client.api.start(container)
         start = time.time()
-        exit_code, output = collect(client, container)
+        try:
+            exit_code, output = collect(client, container)
+        except TimedOut as exc:
+            output = tail_lines(client.api.logs(container, stdout=True, stderr=True, tail=OUTPUT_LINES))
+            return record(job.id, job.cron, job.command, Status.FAILED, start, time.time(), None, output,
+                          message=str(exc))
     finally:
         if container:
             remove(client, container)
@@ -530,8 +570,10 @@ class Scheduler:
         with self.lock:
             start, skip = plan(due, self.busy)
         for job in skip:
+            why = ("its previous run has not ended" if job.key in self.busy else
+                   f"{PER_TENANT} of this tenant's runs have not ended")
             report(schedule.log_dir, job.tenant, record(job.id, job.cron, job.command, Status.SKIPPED, now,
-                                                        message="its previous run has not ended"))
+                                                        message=why))
         for job in start:
             self._submit(job.key, self._run, (job, schedule))
 

@@ -498,7 +498,9 @@ def test_the_scheduler_service_is_on_no_network_and_reads_its_schedule_only(proj
                                                   "target": "/etc/tenantkit/scheduler", "read_only": True}
     assert service["command"][-1] == "/etc/tenantkit/scheduler/schedule.json"
     assert not any("tenants" in v["source"] for v in service["volumes"])  # no tenant's secrets
-    assert service["labels"] == {"tenantkit.scheduler": "tktest/scheduler:abc"}
+    # Its label is a digest of its definition: a new user (or image, or mount) changes it.
+    other = render_stack(project, tenants, "proxy:1", scheduler_image="tktest/scheduler:abc", scheduler_user="0:0")
+    assert service["labels"]["tenantkit.scheduler"] != other["services"]["scheduler"]["labels"]["tenantkit.scheduler"]
 
 
 def test_the_schedule_holds_only_tenants_with_jobs_project_wide_first(project):

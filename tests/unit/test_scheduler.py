@@ -9,6 +9,7 @@ import os
 import stat
 import sys
 import threading
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -208,7 +209,7 @@ class HeldRuns(sched.Scheduler):
 
 
 def test_runs_beyond_max_parallel_wait_in_a_queue_and_count_as_busy(tmp_path):
-    jobs = tuple(job(cron="* * * * * */2", job_id=f"j{n}") for n in range(5))
+    jobs = tuple(job(cron="* * * * * */2", job_id=f"j{n}", tenant=f"t{n}") for n in range(5))
     scheduler = HeldRuns(sched.Schedule("tk", tmp_path, jobs, max_parallel=2))
     scheduler.next_due = {j.key: at("2026-03-01 10:00:00") for j in jobs}
     scheduler.tick(at("2026-03-01 10:00:00.1"))
@@ -216,7 +217,7 @@ def test_runs_beyond_max_parallel_wait_in_a_queue_and_count_as_busy(tmp_path):
     assert scheduler.busy == {j.key for j in jobs}
     scheduler.tick(at("2026-03-01 10:00:02.1"))  # due again: all five are skipped, none queued twice
     assert len(scheduler.pending) == 3
-    assert len((tmp_path / "acme.schedule.log").read_text().splitlines()) == 5
+    assert sum(len((tmp_path / f"t{n}.schedule.log").read_text().splitlines()) for n in range(5)) == 5
     scheduler.release.set()
     assert scheduler.wait_for_threads(5) == 0
     assert sorted(scheduler.ran) == sorted(j.key for j in jobs)
@@ -384,3 +385,37 @@ def test_a_job_container_that_ended_while_no_scheduler_ran_is_logged_with_its_ow
     assert entry == {"job": "77aa", "cron": "* * * * *", "command": "send_mail", "start": "2026-03-01T10:00:00.500+00:00",
                      "end": "2026-03-01T10:00:07.250+00:00", "exit": 2, "status": "failed", "output": ["one", "two"],
                      "message": "started by an earlier scheduler"}
+
+
+def test_one_tenant_runs_at_most_per_tenant_jobs_at_once():
+    """A tenant whose jobs never end cannot take every slot: its runs beyond the cap are skipped."""
+    cap = sched.PER_TENANT
+    mine = [job(job_id=f"m{n}") for n in range(cap + 1)]
+    theirs = job(job_id="o1", tenant="other")
+    start, skip = sched.plan([*mine, theirs], [])
+    assert [j.key for j in start] == [f"acme/m{n}" for n in range(cap)] + ["other/o1"]
+    assert [j.key for j in skip] == [f"acme/m{cap}"]
+    start, skip = sched.plan([mine[cap]], [f"acme/m{n}" for n in range(cap)])
+    assert not start and skip == [mine[cap]]
+
+
+class SlowApi:
+    """An engine whose wait times out as requests does, then which kill was asked for."""
+
+    def __init__(self):
+        self.killed = []
+
+    def wait(self, container, timeout=None):
+        import requests
+        time.sleep(min(timeout, 0.05))
+        raise requests.exceptions.ReadTimeout("read timed out")
+
+    def kill(self, container):
+        self.killed.append(container)
+
+
+def test_a_run_past_its_time_limit_is_stopped():
+    api = SlowApi()
+    with pytest.raises(sched.TimedOut, match="time limit"):
+        sched.collect(type("Client", (), {"api": api})(), "abc", limit=0.1)
+    assert api.killed == ["abc"]

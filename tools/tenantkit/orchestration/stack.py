@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from ..render import TEMPLATES
 from ..render.apache import DEFAULT_SITE, proxy_layout, release_of, render_default_vhost, render_proxy_vhost
 from ..render.compose import (PROCESS_LABEL, PROXY_LABEL, add_processes, dump_compose, process_service_name,
                               proxy_address, render_stack, render_tenant_compose, tenant_service)
-from ..render.scheduler import SCHEDULE_FILE, SCHEDULER_LABEL, dump_schedule, render_schedule
+from ..render.scheduler import SCHEDULE_FILE, SCHEDULER_LABEL, dump_schedule, render_schedule, scheduler_service
 from ..render.settings import render_settings
 
 Report = Callable[[str], None]
@@ -141,6 +142,7 @@ class Rendered:
     previous: dict[str, dict[Path, str | None]] = field(default_factory=dict)
     scheduler_context: builder.BuildContext | None = None  # when some tenant has a schedule
     scheduler_image: str | None = None
+    scheduler_config: str | None = None  # the digest its container's label must carry
 
     def is_current(self, tenant: Tenant, container: engine.Container | None, image_ids: dict[str, str]) -> bool:
         """Whether the tenant's container runs, made from its current definition and image
@@ -214,7 +216,20 @@ def install_certificate(project: Project, tenant: Tenant) -> None:
     written at once (a kill never leaves a key beside another certificate, which Apache's
     next restart would refuse). The proxy reloads when it changed."""
     cert, key = tenant.tls_paths()
-    text = key.read_text(encoding="ascii").rstrip("\n") + "\n" + cert.read_text(encoding="ascii")
+    key_text, cert_text = key.read_text(encoding="ascii"), cert.read_text(encoding="ascii")
+    # Checked again as read: an operator replacing the files meanwhile (the key written,
+    # the certificate not yet) must not get a mismatched pair to Apache, whose next restart
+    # would fail on it.
+    with tempfile.TemporaryDirectory(dir=project.tls_dir) as scratch:
+        for name, text in (("key.pem", key_text), ("cert.pem", cert_text)):
+            atomic_write(Path(scratch) / name, text, mode=0o600)
+        try:
+            certificates.check_given(Path(scratch) / "cert.pem", Path(scratch) / "key.pem", tenant.hosts,
+                                     project.tls.trusted_roots)
+        except ValueError as exc:
+            raise ConfigError(f"tenant {tenant.name}: tls: {exc} (the files changed while tenantkit read them; "
+                              "run the command again once they are in place)") from None
+    text = key_text.rstrip("\n") + "\n" + cert_text
     target = installed_certificate(project, tenant)
     try:
         if target.read_text(encoding="ascii") == text:
@@ -224,6 +239,11 @@ def install_certificate(project: Project, tenant: Tenant) -> None:
     proxy.mark_pending(project)
     atomic_write(target, text, mode=0o600)
     failpoint("render", "certificate-installed")
+
+
+def had_tls(project: Project) -> tuple[bool, bool]:
+    """Whether the project had TLS, and ACME: once it had, its proxy keeps what they load."""
+    return project.tls_dir.is_dir(), project.md_dir.is_dir()
 
 
 def prepare_tls(project: Project, layout) -> None:
@@ -237,6 +257,7 @@ def prepare_tls(project: Project, layout) -> None:
     os.chmod(project.tls_dir, 0o711)
     certificates.make_fallback(project.tls_dir / "_fallback" / "cert.pem", project.tls_dir / "_fallback" / "key.pem")
     # mod_md makes its store in it; Apache's user, which renews certificates, passes through.
+    # (The compose proxy mounts it whenever it serves HTTPS.)
     project.md_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(project.md_dir, 0o711)
     if project.proxy.mode is ProxyMode.HOST:  # the host's Apache keeps its TLS session cache here
@@ -297,7 +318,7 @@ def render(project: Project, names: Iterable[str] | None = None, tenants: list[T
         configs = cache.get("configs", {}) if fresh else {}
         loads = cache.get("loads", {}) if fresh else {}  # what each tenant's settings.py last loaded with
         with_proxy = project.proxy.mode is not ProxyMode.NONE
-        layout = proxy_layout(project, enabled) if with_proxy else None
+        layout = proxy_layout(project, enabled, had_tls(project)) if with_proxy else None
         present = _listing(project.tenant_compose_dir) | (_listing(project.sites_dir) if with_proxy else set())
         todo = []
         for tenant in chosen:
@@ -314,6 +335,8 @@ def render(project: Project, names: Iterable[str] | None = None, tenants: list[T
         single = wanted is not None and len(wanted) == 1
         bad_tls = check_certificates(project, [t for t, _, _, _ in todo], strict=check and (single or not keep_going))
         prepare_tls(project, layout)
+        if with_proxy:  # before any tenant's vhost, which may need what it loads (mod_ssl, mod_md)
+            proxy.write_site(project, DEFAULT_SITE, render_default_vhost(layout))
         kinds = {t.name: migrations.graph_key(t, images) for t, _, _, _ in todo}
         rejected, unchecked = _check_new_settings(
             project, [(t, text) for t, _, _, text in todo if loads.get(t.name) != repr(kinds[t.name])],
@@ -358,7 +381,6 @@ def render(project: Project, names: Iterable[str] | None = None, tenants: list[T
                     loads.pop(name, None)
             _remove_stale(project, keep, with_proxy)
         if with_proxy:
-            proxy.write_site(project, DEFAULT_SITE, render_default_vhost(layout))
             for folder in (project.logs_dir, project.assets_dir):
                 folder.mkdir(parents=True, exist_ok=True)
         if project.database.service:
@@ -382,8 +404,10 @@ def render(project: Project, names: Iterable[str] | None = None, tenants: list[T
                 atomic_write(proxy.wanted_file(project), doc["services"]["proxy"]["labels"][PROXY_LABEL])
         _write_render_cache(project, {"project": project_digest, "stack": stack_key, "tenants": digests,
                                       "configs": configs, "loads": loads})
+        scheduler_config = (scheduler_service(project, scheduler_image, user)["labels"][SCHEDULER_LABEL]
+                            if scheduler_image else None)
         return Rendered(enabled, context, image, proxy_context, proxy_image, images, configs, rejected, previous,
-                        scheduler_context, scheduler_image)
+                        scheduler_context, scheduler_image, scheduler_config)
 
 
 def _files_of(project: Project, tenant: Tenant, with_proxy: bool) -> dict[Path, str | None]:
@@ -845,6 +869,7 @@ def remove_tenant_runtime(client, project: Project, tenant: Tenant) -> None:
     engine.compose(project, "rm", "--stop", "--force", *services_of(project, tenant), tenant=tenant, check=False)
     for entry in process_containers(client, project, [tenant.name]):  # ones tenant.yaml no longer names
         client.api.remove_container(entry["Id"], force=True)
+    drop_from_schedule(project, tenant.name)
     remove_jobs(client, project, [tenant.name])
     engine.remove_network(client, project.network_name(tenant.names))
 
@@ -861,6 +886,18 @@ def scheduler_user(project: Project) -> str:
     except OSError:
         group = 0
     return f"{project.logs_dir.stat().st_uid}:{group}"
+
+
+def drop_from_schedule(project: Project, name: str) -> None:
+    """Take a tenant out of the scheduler's schedule.json at once (it re-reads the file), so
+    it starts no job of a tenant being removed or stopped for good."""
+    path = project.scheduler_dir / SCHEDULE_FILE
+    try:
+        schedule = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if schedule.get("tenants", {}).pop(name, None) is not None:
+        atomic_write(path, dump_schedule(schedule))
 
 
 def remove_jobs(client, project: Project, names: Iterable[str] | None = None) -> None:
@@ -884,7 +921,7 @@ def sync_scheduler(client, project: Project, rendered: Rendered, report: Report 
             engine.compose(project, "rm", "--stop", "--force", "scheduler", check=False)
         return
     if (engine.state_of(found) is ContainerState.RUNNING
-            and found.labels.get(SCHEDULER_LABEL) == rendered.scheduler_image):
+            and found.labels.get(SCHEDULER_LABEL) == rendered.scheduler_config):
         return
     report("starting the scheduler")
     engine.compose(project, "up", "-d", "--no-deps", "scheduler")

@@ -94,25 +94,32 @@ COMPOSE_TLS_DIR = "/etc/tenantkit/tls"  # the proxy container's view of .tenantk
 COMPOSE_MD_STORE = "/etc/tenantkit/md/store"  # and of .tenantkit/md/store
 
 
-def proxy_layout(project: Project, tenants: list[Tenant] | None = None) -> ProxyLayout:
+def proxy_layout(project: Project, tenants: list[Tenant] | None = None, had: tuple[bool, bool] = (False, False)
+                 ) -> ProxyLayout:
     """The layout of the project's proxy mode (compose service or host Apache); with HTTPS
-    when one of `tenants` has TLS."""
+    when one of `tenants` has TLS, or when the project had TLS (`had`: TLS at all, ACME)."""
     if project.proxy.mode is ProxyMode.COMPOSE:
         return ProxyLayout(80, "/var/log/tenantkit", "/srv/media", "/srv/assets", True,
                            apache_uri(project.health_path), project.proxy.health_interval,
-                           tls_layout(project, tenants or []))
-    return host_layout(project, project.proxy.port, tenants)
+                           tls_layout(project, tenants or [], had))
+    return host_layout(project, project.proxy.port, tenants, had)
 
 
-def tls_layout(project: Project, tenants: list[Tenant]) -> TlsLayout | None:
-    """HTTPS of the proxy, when some tenant has TLS (None: the proxy serves HTTP only)."""
+def tls_layout(project: Project, tenants: list[Tenant], had: tuple[bool, bool] = (False, False)
+               ) -> TlsLayout | None:
+    """HTTPS of the proxy, when some tenant has TLS (None: the proxy serves HTTP only).
+
+    Once a project had TLS (`had`, from what tenantkit keeps on disk: TLS at all, and ACME)
+    it keeps mod_ssl (and mod_md) loaded, its port open and the catch-all: the vhosts are
+    rendered per tenant, and one still naming SSL or MDomain (written by a command about
+    another tenant, or left by a kill) must never meet a proxy without them."""
     modes = {project.tls_of(t) for t in tenants} - {TLS_OFF}
-    if not modes:
+    if not modes and not had[0]:
         return None
     tls = project.tls
     acme = None
     compose = project.proxy.mode is ProxyMode.COMPOSE
-    if TLS_AUTO in modes:
+    if TLS_AUTO in modes or had[1]:
         ca_file = None
         if tls.acme_ca_file is not None:
             ca_file = f"{COMPOSE_TLS_DIR}/_acme/ca.pem" if compose else apache_path(str(tls.acme_ca_file))
@@ -173,10 +180,11 @@ def render_default_vhost(layout: ProxyLayout) -> str:
         listen_port=layout.listen_port, log_dir=layout.log_dir, log_format="combined", tls=layout.tls)
 
 
-def host_layout(project: Project, listen_port: int, tenants: list[Tenant] | None = None) -> ProxyLayout:
+def host_layout(project: Project, listen_port: int, tenants: list[Tenant] | None = None,
+                had: tuple[bool, bool] = (False, False)) -> ProxyLayout:
     """The host's own Apache proxying to the tenants' published loopback ports."""
     return ProxyLayout(listen_port, apache_path(str(project.logs_dir)), apache_path(str(project.media_root)),
-                       apache_path(str(project.assets_dir)), False, tls=tls_layout(project, tenants or []))
+                       apache_path(str(project.assets_dir)), False, tls=tls_layout(project, tenants or [], had))
 
 
 def render_sites(project: Project, tenants: list[Tenant], images: str | dict[str, str],

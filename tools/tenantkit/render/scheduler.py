@@ -8,6 +8,7 @@ commands".
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 
@@ -39,7 +40,7 @@ def scheduler_service(project: Project, image: str, user: str = "0:0") -> dict:
     """The scheduler: no network, the engine's socket, the schedule read-only, and the logs
     folder where it writes each tenant's runs. `user` ("UID:GID"): the owner of the logs
     folder, in the group of the engine's socket, so it needs no capability at all."""
-    return {
+    service = {
         "image": image,
         "pull_policy": "never",
         "user": user,
@@ -58,5 +59,9 @@ def scheduler_service(project: Project, image: str, user: str = "0:0") -> dict:
         "tmpfs": ["/tmp:size=16m"],
         "restart": "unless-stopped",
         "stop_grace_period": "15s",
-        "labels": {SCHEDULER_LABEL: image},
     }
+    # What it is made from, as a label: a running scheduler whose label differs (a new
+    # image, user or mount) is recreated by `tenant up`.
+    made_of = json.dumps(service, sort_keys=True).encode()
+    service["labels"] = {SCHEDULER_LABEL: hashlib.sha256(made_of).hexdigest()[:16]}
+    return service
