@@ -344,6 +344,8 @@ def test_a_process_writes_to_its_own_tenants_database_only(prod):
     rows = {row["name"]: row for row in json.loads(prod.ok("list", "--json").out)}
     assert rows["acme"]["processes"] == {"notes": "running"}
     assert rows["liberty"]["processes"] == {}
+    one = json.loads(prod.ok("status", "acme", "--json").out)  # one tenant: its processes are looked up too
+    assert one[0]["processes"] == {"notes": "running"}
     config = process_container(prod).attrs
     assert config["HostConfig"]["Memory"] == 384 * 2 ** 20 and config["HostConfig"]["ReadonlyRootfs"]
     assert list(config["NetworkSettings"]["Networks"]) == [f"{PREFIX}_tenant-acme"]

@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from tests.conftest import write_project
+from tests.conftest import tenant_cli, write_project
 from tests.unit.test_render import load_settings
 from tests.unit.test_scheduler import sched
 
@@ -159,6 +159,17 @@ def test_tls_auto_without_an_acme_contact_is_refused_when_tenants_load(project_d
     assert [t.name for t in load_tenants(load_project(project_dir))] == ["acme"]
     write_project(project_dir, tenant_defaults__tls="auto", tls={"acme": {"email": EMAIL}})
     assert [t.name for t in load_tenants(load_project(project_dir))] == ["acme"]
+
+
+def test_set_refuses_tls_auto_without_an_acme_contact_and_writes_nothing(project_dir):
+    write_project(project_dir)
+    assert tenant_cli(project_dir, "new", "acme").code == 0
+    path = project_dir / "tenants" / "acme" / "tenant.yaml"
+    before = path.read_text()
+    run = tenant_cli(project_dir, "set", "acme", "tls=auto")
+    assert run.code == 2 and "set tls.acme.email in tenantkit.yaml" in run.err and len(run.err.splitlines()) == 1
+    assert path.read_text() == before
+    assert tenant_cli(project_dir, "status", "acme", "--json").code != 2  # the project still loads
 
 
 def test_a_tenant_cannot_take_the_proxys_https_port(project):

@@ -122,13 +122,16 @@ class Container:
         )
 
 
-def service_containers(client: docker.DockerClient, project: Project,
-                       service: str | None = None) -> list[Container]:
-    """The project's service containers (one-off runs excluded), of one service or all;
-    filtered by the engine. A tenant's service has two while a deploy switches slots."""
+def service_containers(client: docker.DockerClient, project: Project, service: str | None = None,
+                       tenant: str | None = None) -> list[Container]:
+    """The project's service containers (one-off runs excluded), of one service, of one
+    tenant (its web service and its processes) or all; filtered by the engine. A tenant's
+    service has two while a deploy switches slots."""
     filters = [f"com.docker.compose.project={project.name}"]
     if service:
         filters.append(f"com.docker.compose.service={service}")
+    if tenant:
+        filters.append(f"tenantkit.tenant={tenant}")
     listed = [Container.from_list_entry(entry) for entry in client.api.containers(all=True, filters={"label": filters})]
     return [c for c in listed if c.labels.get("com.docker.compose.oneoff") != "True"]
 
@@ -137,11 +140,13 @@ def _rank(container: Container) -> tuple[bool, int]:
     return container.state is ContainerState.RUNNING, container.created
 
 
-def containers(client: docker.DockerClient, project: Project, service: str | None = None) -> dict[str, Container]:
-    """The project's service containers by service name; with `service`, only that one.
-    Of two containers of a service (a deploy between slots), the newest running one."""
+def containers(client: docker.DockerClient, project: Project, service: str | None = None,
+               tenant: str | None = None) -> dict[str, Container]:
+    """The project's service containers by service name; with `service`, only that one;
+    with `tenant`, only that tenant's. Of two containers of a service (a deploy between
+    slots), the newest running one."""
     found: dict[str, Container] = {}
-    for container in service_containers(client, project, service):
+    for container in service_containers(client, project, service, tenant):
         known = found.get(container.service)
         if known is None or _rank(container) > _rank(known):
             found[container.service] = container

@@ -29,7 +29,7 @@ from ..act.failpoints import failpoint
 from ..act.files import atomic_write, held_elsewhere, locked, port_is_free
 from ..model import (TLS_GIVEN, TLS_OFF, ConfigError, Project, ProxyMode, Tenant, check_count, job_id, check_host, check_hosts_free, check_tls_mode,
                      check_memory, check_module, check_name, check_port, check_release, check_title,
-                     display_path, load_tenants, reserved_ports)
+                     check_unique, display_path, load_tenants, reserved_ports)
 from ..render.apache import host_layout, render_sites
 from ..render.scheduler import SCHEDULE_LOG
 from ..render.settings import render_settings
@@ -324,11 +324,13 @@ def set_values(project: Project, name: str, assignments: Iterable[str]) -> Tenan
             _check_port_free(project, tenants, changed)
         if changes.get("release"):
             _check_release_exists(project, changed.release)
+        after = [changed if t.name == name else t for t in tenants]
+        check_unique(after, project)  # whatever loading the project would refuse (tls: auto without a contact)
         if changed.tls_cert:  # exit 2 on a bad certificate, before anything is written
             stack.check_certificates(project, [changed])
         # The new settings are loaded before anything is written (when its extra apps or
         # release change what they import): a typo is refused here, not at the next restart.
-        rendered = stack.render(project, [name], [changed if t.name == name else t for t in tenants],
+        rendered = stack.render(project, [name], after,
                                 keep_going=True, check_all=True, keep_previous=True)
         if name in rendered.rejected:
             stack.restore_previous(project, rendered, [changed])  # its vhost and compose file, as they were
@@ -513,7 +515,7 @@ def status_detail(project: Project, names: Iterable[str] = ()) -> tuple[list[dic
     tenants = load_tenants(project)
     chosen = select(tenants, names, not names) if names else tenants
     client = engine.connect()
-    found = engine.containers(client, project, chosen[0].names.service if len(chosen) == 1 else None)
+    found = engine.containers(client, project, tenant=chosen[0].name if len(chosen) == 1 else None)
     db = engine.container(client, project, "db") if project.database.service else None
     sizes: dict[str, int] = {}
     connections = None
