@@ -489,6 +489,18 @@ def finish_adopted(client: docker.DockerClient, container: dict, cron: str | Non
 # ---------------------------------------------------------------------------
 # The loop.
 
+def engine_clients() -> Callable[[], docker.DockerClient]:
+    """A maker of engine clients that asks the engine its API version once, not once per client."""
+    version = None
+
+    def connect() -> docker.DockerClient:
+        nonlocal version
+        client = docker.from_env(version=version)  # None: ask the engine
+        version = client.api.api_version
+        return client
+    return connect
+
+
 class Scheduler:
     """Reads the schedule, hands due jobs to threads, and tracks which jobs are busy.
 
@@ -498,9 +510,9 @@ class Scheduler:
     are processes to the kernel: the scheduler's container has a pids limit.
     """
 
-    def __init__(self, path: Path, connect: Callable[[], docker.DockerClient] = docker.from_env):
+    def __init__(self, path: Path, connect: Callable[[], docker.DockerClient] | None = None):
         self.path = Path(path)
-        self.connect = connect  # a client per run: each waits on its own connection
+        self.connect = connect or engine_clients()  # a client per run: each waits on its own connection
         self.schedule: Schedule | None = None
         self.stamp: tuple | None = None
         self.next_due: dict[str, float] = {}
@@ -568,9 +580,10 @@ class Scheduler:
             return
         due, self.next_due = advance(schedule.jobs, self.next_due, now)
         with self.lock:
-            start, skip = plan(due, self.busy)
+            busy = set(self.busy)  # as plan saw it: a run ending meanwhile does not change the reason
+            start, skip = plan(due, busy)
         for job in skip:
-            why = ("its previous run has not ended" if job.key in self.busy else
+            why = ("its previous run has not ended" if job.key in busy else
                    f"{PER_TENANT} of this tenant's runs have not ended")
             report(schedule.log_dir, job.tenant, record(job.id, job.cron, job.command, Status.SKIPPED, now,
                                                         message=why))
