@@ -8,11 +8,11 @@ import pytest
 import yaml
 
 from tests.conftest import tenant_cli, write_project
-from tests.unit.test_render import load_settings
+from tests.unit.test_render import load_settings, tenant
 from tests.unit.test_scheduler import sched
 
 from tenantkit import model
-from tenantkit.model import (TLS_AUTO, TLS_GIVEN, TLS_OFF, ConfigError, ProxyMode, Tenant, Tls, job_id,
+from tenantkit.model import (TLS_AUTO, TLS_GIVEN, TLS_OFF, ConfigError, ProxyMode, Tls, job_id,
                              load_project, load_tenant, load_tenants)
 from tenantkit.render.apache import DEFAULT_SITE, host_layout, proxy_layout, render_default_vhost, render_sites
 from tenantkit.render.compose import (PROCESS_LABEL, PROXY_LABEL, add_processes, dump_compose, proxy_service,
@@ -22,11 +22,6 @@ from tenantkit.render.settings import render_settings
 
 IMAGE = "tktest/app:src-0123456789ab"
 EMAIL = "ops@example.com"
-
-
-def tenant(project, name, port, **extra):
-    return Tenant(name=name, hosts=extra.pop("hosts", (f"{name}.localhost",)), title=name.title(), port=port,
-                  memory=extra.pop("memory", "256m"), workers=1, threads=4, path=project.tenant_dir(name), **extra)
 
 
 def tenant_yaml(project, name, text):
@@ -475,7 +470,7 @@ def test_a_process_runs_like_the_web_container_but_is_reached_by_nothing(project
         acme = tenant(proj, "acme", 8101, memory="512m", cpus=0.5)
         doc = render_tenant_compose(proj, acme, IMAGE, "10.213.0.0/28", "digest-1", slot="b")
         web_before = yaml.safe_load(dump_compose(doc))["services"]["tenant-acme"]
-        add_processes(proj, doc, acme, {"worker": "python manage.py qcluster --name 'a b'", "beat": "celery beat"})
+        add_processes(doc, acme, {"worker": "python manage.py qcluster --name 'a b'", "beat": "celery beat"})
         assert list(doc["services"]) == ["tenant-acme", "tenant-acme-worker", "tenant-acme-beat"]
         web, worker = doc["services"]["tenant-acme"], doc["services"]["tenant-acme-worker"]
         assert web == web_before  # the web service is left as it was

@@ -367,6 +367,14 @@ class Project:
         """Where mod_md keeps the certificate it obtained for a tenant (its first host)."""
         return self.md_dir / "store" / "domains" / tenant.primary_host / "pubcert.pem"
 
+    def certificate_file(self, tenant: "Tenant") -> Path | None:
+        """The certificate a TLS tenant is served with: the one its tenant.yaml gives (which
+        the proxy serves from the next `tenant up`), or the one mod_md obtained; None without TLS."""
+        mode = self.tls_of(tenant)
+        if mode == TLS_OFF:
+            return None
+        return tenant.tls_paths()[0] if mode == TLS_GIVEN else self.acme_certificate(tenant)
+
     @property
     def tls_dir(self) -> Path:
         """Given certificates, checked and copied here (TENANT/cert.pem, key.pem), and the

@@ -154,10 +154,16 @@ def make_context(files: list[tuple[str, Path]], extra: str,
 def build_context(project: Project, base_image: str) -> BuildContext:
     """The context of the shared Django image; the base image, the settings module and the
     wheelhouse's folder for images.python (named by what decides its wheels) count too."""
-    extra = f"{base_image}\0{project.settings}"
+    return _with_wheels(project, context_files(project), f"{base_image}\0{project.settings}",
+                        [project.requirements, runtime_requirements(project)])
+
+
+def _with_wheels(project: Project, files: list[tuple[str, Path]], extra: str,
+                 requirements: list[Path]) -> BuildContext:
+    """A context of these files and, with a wheelhouse, the wheels of these requirements
+    (fetched only when the image is built; the wheelhouse folder's name counts)."""
     if project.wheelhouse is None:
-        return make_context(context_files(project), extra)
-    requirements = [project.requirements, runtime_requirements(project)]
+        return make_context(files, extra)
 
     def fetched() -> list[tuple[str, Path]]:
         folder = wheels.ensure(project, project.images.python, requirements,
@@ -165,7 +171,7 @@ def build_context(project: Project, base_image: str) -> BuildContext:
         return [(f"wheelhouse/{p.name}", p) for p in sorted(folder.glob("*.whl"))]
 
     identity = wheels.identity(project, project.images.python, requirements)
-    return make_context(context_files(project), f"{extra}\0{identity}", fetched)
+    return make_context(files, f"{extra}\0{identity}", fetched)
 
 
 def proxy_context(project: Project) -> BuildContext:
@@ -180,18 +186,7 @@ def scheduler_context(project: Project) -> BuildContext:
     and croniter, on the tenants' base image, from the wheelhouse on a host without PyPI."""
     folder = image_root(project) / "image" / "scheduler"
     files = [(p.name, p) for p in sorted(folder.iterdir()) if p.is_file() and p.suffix != ".pyc"]
-    extra = project.images.base
-    if project.wheelhouse is None:
-        return make_context(files, extra)
-    requirements = [folder / "requirements.txt"]
-
-    def fetched() -> list[tuple[str, Path]]:
-        found = wheels.ensure(project, project.images.python, requirements,
-                              lambda message: progress.echo(f"· {message}"))
-        return [(f"wheelhouse/{p.name}", p) for p in sorted(found.glob("*.whl"))]
-
-    identity = wheels.identity(project, project.images.python, requirements)
-    return make_context(files, f"{extra}\0{identity}", fetched)
+    return _with_wheels(project, files, project.images.base, [folder / "requirements.txt"])
 
 
 def image_tag(project: Project, context: BuildContext, repository: str | None = None) -> str:

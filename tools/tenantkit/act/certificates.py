@@ -50,8 +50,19 @@ class Certificate:
 def check_given(cert_path: Path, key_path: Path, hosts: Iterable[str],
                 trusted_roots: Path | None = None, now: dt.datetime | None = None) -> Certificate:
     """Check a given certificate chain and key before Apache uses them; ValueError (one line) if unfit."""
+    return check_pair(cert_path, key_path, _read(cert_path), _read(key_path), hosts, trusted_roots, now)
+
+
+def read_given(cert_path: Path, key_path: Path) -> tuple[bytes, bytes]:
+    """A given certificate's and key's bytes, read once: what is checked is what is installed.
+    ValueError (one line) when one cannot be read."""
+    return _read(cert_path), _read(key_path)
+
+
+def check_pair(cert_path: Path, key_path: Path, cert_data: bytes, key_data: bytes, hosts: Iterable[str],
+               trusted_roots: Path | None = None, now: dt.datetime | None = None) -> Certificate:
+    """check_given on bytes already read from these paths (which its messages name)."""
     now = _utc_now(now)
-    cert_data, key_data = _read(cert_path), _read(key_path)
     chain = _load_chain(cert_path, cert_data)
     key = _load_key(key_path, key_data)
     leaf = chain[0]
@@ -230,11 +241,22 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 def _trust_store(trusted_roots: Path | None) -> tuple[x509.Certificate, ...]:
     if trusted_roots is None:
         return _system_roots()
+    try:
+        stat = trusted_roots.stat()
+        version = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        version = None  # _read names the problem
+    return _system_roots() + _private_roots(trusted_roots, version)
+
+
+@functools.lru_cache(maxsize=4)
+def _private_roots(trusted_roots: Path, version: tuple | None) -> tuple[x509.Certificate, ...]:
+    """tls.trusted_roots, parsed once per version of the file, not once per tenant."""
     extra = _load_each(_read(trusted_roots, "tls.trusted_roots of tenantkit.yaml"))
     if not extra:
         raise ValueError(f"the trusted roots file {display_path(trusted_roots)} holds no PEM "
                          "certificate: give the private CA's certificate in PEM")
-    return _system_roots() + extra
+    return extra
 
 
 @functools.lru_cache(maxsize=1)

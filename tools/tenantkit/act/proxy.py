@@ -20,16 +20,21 @@ def _pending(project: Project) -> Path:
 
 
 def write_site(project: Project, name: str, text: str) -> bool:
-    """Write one vhost file; True when it changed. The proxy is marked for a reload first,
-    so a crash between the write and the reload still reloads next time."""
-    path = project.sites_dir / name
+    """Write one vhost file; True when it changed."""
+    return write_file(project, project.sites_dir / name, text)
+
+
+def write_file(project: Project, path: Path, text: str, mode: int = 0o644) -> bool:
+    """Write a file the proxy reads (a vhost, a certificate); True when it changed. The proxy
+    is marked for a reload first, so a crash between the write and the reload still reloads
+    next time."""
     try:
         if path.read_text(encoding="utf-8") == text:
             return False
     except FileNotFoundError:
         pass
     mark_pending(project)
-    atomic_write(path, text)
+    atomic_write(path, text, mode=mode)
     return True
 
 

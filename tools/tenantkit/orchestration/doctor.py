@@ -882,7 +882,7 @@ def check_certificates(facts: Facts) -> list[Finding]:
     findings, fine = [], 0
     for tenant in tls:
         auto = project.tls_of(tenant) == TLS_AUTO
-        path = project.acme_certificate(tenant) if auto else tenant.tls_paths()[0]
+        path = project.certificate_file(tenant)
         found = certificates.read_certificate(path)
         renew = (f"mod_md gets and renews it: see why it cannot in the proxy's output (`docker logs "
                  f"{project.name}-proxy-1 2>&1 | grep md:`; with the host's Apache, its error log)" if auto else

@@ -704,7 +704,7 @@ def _rollback_one(client, project: Project, tenant: Tenant, report: Report) -> O
                                       f"({len(unknown)}), and the pre-deploy backup {pre_deploy} is missing")
             safety = data.write_backup(project, tenant, secrets=False)
             report(f"{tenant.name}: restoring the database from before the deploy (current data saved in {safety})")
-            engine.compose(project, "stop", *stack.services_of(project, tenant), tenant=tenant, check=False)
+            stack.compose_services(project, [tenant], "stop", services=stack.services_of(project, tenant), check=False)
             stack.remove_jobs(client, project, [tenant.name])  # none writes to the database being replaced
             failpoint("rollback", "stopped")
             _restore_database(project, tenant, Path(pre_deploy))

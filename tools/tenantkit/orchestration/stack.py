@@ -11,7 +11,6 @@ import difflib
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from ..model import (OWNER_LABEL, TENANT_FILE, TLS_GIVEN, ConfigError, Project, 
 from ..progress import track
 from ..render import TEMPLATES
 from ..render.apache import DEFAULT_SITE, proxy_layout, release_of, render_default_vhost, render_proxy_vhost
-from ..render.compose import (PROCESS_LABEL, PROXY_LABEL, add_processes, dump_compose, process_service_name,
+from ..render.compose import (PROCESS_LABEL, PROXY_LABEL, add_processes, dump_compose,
                               proxy_address, render_stack, render_tenant_compose, tenant_service)
 from ..render.scheduler import SCHEDULE_FILE, SCHEDULER_LABEL, dump_schedule, render_schedule, scheduler_service
 from ..render.settings import render_settings
@@ -173,7 +172,7 @@ def _project_digest(project: Project, proxy_image: str | None) -> str:
 
 
 def _inputs_digest(project_digest: str, tenant: Tenant, image: str, runtime: state.TenantRuntime,
-                   tls_key: str = "") -> str:
+                   tls_key: str) -> str:
     record = (tenant.to_yaml_dict(), image, runtime.live_slot, runtime.routed_slot, runtime.subnet, tls_key)
     return hashlib.sha256(f"{project_digest}\0{record!r}".encode()).hexdigest()
 
@@ -188,22 +187,27 @@ def _tls_key(project: Project, tenant: Tenant, with_proxy: bool) -> str:
     return mode + ("".join(certificates.fingerprint(path)[:16] for path in paths) if paths else "")
 
 
-def check_certificates(project: Project, tenants: Iterable[Tenant], strict: bool = True) -> dict[str, str]:
+def check_certificates(project: Project, tenants: Iterable[Tenant],
+                       strict: bool = True) -> tuple[dict[str, str], dict[str, tuple[bytes, bytes]]]:
     """Check the certificate each of these tenants gives (tls: {cert, key}). A bad one is a
     ConfigError naming the tenant, the problem and the fix, raised before anything is
-    written; not `strict`: the bad ones, by tenant, with the problem."""
-    bad = {}
+    written; not `strict`: the bad ones, by tenant, with the problem. And the good ones'
+    bytes (certificate, key) as read and checked: the ones to install."""
+    bad, good = {}, {}
     for tenant in tenants:
         if project.tls_of(tenant) != TLS_GIVEN:
             continue
         cert, key = tenant.tls_paths()
         try:
-            certificates.check_given(cert, key, tenant.hosts, project.tls.trusted_roots)
+            pair = certificates.read_given(cert, key)
+            certificates.check_pair(cert, key, *pair, tenant.hosts, project.tls.trusted_roots)
         except ValueError as exc:
             if strict:
                 raise ConfigError(f"tenant {tenant.name}: tls: {exc}") from None
             bad[tenant.name] = str(exc)
-    return bad
+        else:
+            good[tenant.name] = pair
+    return bad, good
 
 
 def installed_certificate(project: Project, tenant: Tenant) -> Path:
@@ -211,34 +215,13 @@ def installed_certificate(project: Project, tenant: Tenant) -> Path:
     return project.tls_dir / f"{tenant.name}.pem"
 
 
-def install_certificate(project: Project, tenant: Tenant) -> None:
-    """Put a checked certificate where the proxy reads it: its key and chain in one file,
-    written at once (a kill never leaves a key beside another certificate, which Apache's
-    next restart would refuse). The proxy reloads when it changed."""
-    cert, key = tenant.tls_paths()
-    key_text, cert_text = key.read_text(encoding="ascii"), cert.read_text(encoding="ascii")
-    # Checked again as read: an operator replacing the files meanwhile (the key written,
-    # the certificate not yet) must not get a mismatched pair to Apache, whose next restart
-    # would fail on it.
-    with tempfile.TemporaryDirectory(dir=project.tls_dir) as scratch:
-        for name, text in (("key.pem", key_text), ("cert.pem", cert_text)):
-            atomic_write(Path(scratch) / name, text, mode=0o600)
-        try:
-            certificates.check_given(Path(scratch) / "cert.pem", Path(scratch) / "key.pem", tenant.hosts,
-                                     project.tls.trusted_roots)
-        except ValueError as exc:
-            raise ConfigError(f"tenant {tenant.name}: tls: {exc} (the files changed while tenantkit read them; "
-                              "run the command again once they are in place)") from None
-    text = key_text.rstrip("\n") + "\n" + cert_text
-    target = installed_certificate(project, tenant)
-    try:
-        if target.read_text(encoding="ascii") == text:
-            return
-    except FileNotFoundError:
-        pass
-    proxy.mark_pending(project)
-    atomic_write(target, text, mode=0o600)
-    failpoint("render", "certificate-installed")
+def install_certificate(project: Project, tenant: Tenant, cert_data: bytes, key_data: bytes) -> None:
+    """Put a checked certificate, as those bytes, where the proxy reads it: its key and chain
+    in one file, written at once (a kill never leaves a key beside another certificate, which
+    Apache's next restart would refuse). The proxy reloads when it changed."""
+    text = key_data.decode("ascii").rstrip("\n") + "\n" + cert_data.decode("ascii")
+    if proxy.write_file(project, installed_certificate(project, tenant), text, mode=0o600):
+        failpoint("render", "certificate-installed")
 
 
 def had_tls(project: Project) -> tuple[bool, bool]:
@@ -333,7 +316,8 @@ def render(project: Project, names: Iterable[str] | None = None, tenants: list[T
         # counts it as rejected; one that only stops tenants (no check) leaves its vhost and
         # certificate as they were. Each renders it again next time.
         single = wanted is not None and len(wanted) == 1
-        bad_tls = check_certificates(project, [t for t, _, _, _ in todo], strict=check and (single or not keep_going))
+        bad_tls, good_tls = check_certificates(project, [t for t, _, _, _ in todo],
+                                               strict=check and (single or not keep_going))
         prepare_tls(project, layout)
         if with_proxy:  # before any tenant's vhost, which may need what it loads (mod_ssl, mod_md)
             proxy.write_site(project, DEFAULT_SITE, render_default_vhost(layout))
@@ -362,11 +346,11 @@ def render(project: Project, names: Iterable[str] | None = None, tenants: list[T
             # running container whose label matches alone, without asking Compose.
             configs[tenant.name] = hashlib.sha256(dump_compose(doc).encode()).hexdigest()[:16]
             doc["services"][tenant.names.service]["labels"][CONFIG_LABEL] = configs[tenant.name]
-            add_processes(project, doc, tenant, project.processes_of(tenant))  # not in the web's digest
+            add_processes(doc, tenant, project.processes_of(tenant))  # not in the web's digest
             atomic_write(project.tenant_compose_file(tenant), dump_compose(doc))
             if with_proxy and tenant.name not in bad_tls:
-                if project.tls_of(tenant) == TLS_GIVEN:
-                    install_certificate(project, tenant)
+                if tenant.name in good_tls:
+                    install_certificate(project, tenant, *good_tls[tenant.name])
                 proxy.write_site(project, tenant.names.vhost, render_proxy_vhost(
                     tenant, layout, images[tenant.name], runtime.routed_slot, project.tls_of(tenant)))
             if tenant.name not in rejected and tenant.name not in bad_tls:
@@ -720,10 +704,12 @@ def start_services(client, project: Project, tenants: list[Tenant], rendered: Re
                                              for t, error in failures.items()))
 
 
-def compose_services(project: Project, tenants: list[Tenant], *args: str, check: bool = True):
+def compose_services(project: Project, tenants: list[Tenant], *args: str, check: bool = True,
+                     services: list[str] | None = None):
     """`docker compose ARGS SERVICES` for these tenants: on one tenant's own file when there
-    is one (its cost does not grow with the fleet), else once on the whole stack."""
-    services = [t.names.service for t in tenants]
+    is one (its cost does not grow with the fleet), else once on the whole stack. SERVICES:
+    their web services, or `services` of theirs (see services_of)."""
+    services = [t.names.service for t in tenants] if services is None else services
     if len(tenants) == 1:
         return engine.compose(project, *args, *services, tenant=tenants[0], check=check)
     return engine.compose(project, *args, *services, check=check)
@@ -914,6 +900,8 @@ def sync_scheduler(client, project: Project, rendered: Rendered, report: Report 
     """Run the scheduler when some tenant has a schedule (on its current image), and remove
     it when none has. Schedules themselves change without a restart: it re-reads
     compose/scheduler/schedule.json."""
+    if rendered.scheduler_image is None and not project.scheduler_dir.is_dir():
+        return  # never had a schedule: no scheduler to look for
     found = engine.container(client, project, "scheduler")
     if rendered.scheduler_image is None:
         if found is not None:
@@ -929,7 +917,7 @@ def sync_scheduler(client, project: Project, rendered: Rendered, report: Report 
 
 def services_of(project: Project, tenant: Tenant) -> list[str]:
     """A tenant's compose services: its web container's, then one per background process."""
-    return [tenant.names.service, *(process_service_name(tenant, p) for p in project.processes_of(tenant))]
+    return [tenant.names.service, *(tenant.names.process_service(p) for p in project.processes_of(tenant))]
 
 
 def process_containers(client, project: Project, names: Iterable[str] | None = None) -> list[dict]:
@@ -956,10 +944,7 @@ def sync_processes(client, project: Project, tenants: list[Tenant], report: Repo
         return
     services = [service for t in with_processes for service in services_of(project, t)[1:]]
     report(f"starting processes: {', '.join(services)}")
-    if len(with_processes) == 1:
-        engine.compose(project, "up", "-d", "--no-deps", *services, tenant=with_processes[0])
-    else:
-        engine.compose(project, "up", "-d", "--no-deps", *services)
+    compose_services(project, with_processes, "up", "-d", "--no-deps", services=services)
 
 
 __all__ = [

@@ -27,7 +27,7 @@ from ..act import memory as memory_of
 from ..act.engine import ContainerState, OperationFailed
 from ..act.failpoints import failpoint
 from ..act.files import atomic_write, held_elsewhere, locked, port_is_free
-from ..model import (TLS_GIVEN, TLS_OFF, ConfigError, Project, ProxyMode, Tenant, check_count, job_id, check_host, check_hosts_free, check_tls_mode,
+from ..model import (ConfigError, Project, ProxyMode, Tenant, check_count, job_id, check_host, check_hosts_free, check_tls_mode,
                      check_memory, check_module, check_name, check_port, check_release, check_title,
                      check_unique, display_path, load_tenants, reserved_ports)
 from ..render.apache import host_layout, render_sites
@@ -257,8 +257,8 @@ def down(project: Project, names: Iterable[str] = (), all_: bool = False,
             engine.compose(project, "down", "--remove-orphans")
         else:
             report(f"stopping {', '.join(t.name for t in chosen)}")
-            services = [service for t in chosen for service in stack.services_of(project, t)]
-            engine.compose(project, "stop", *services, **({"tenant": chosen[0]} if len(chosen) == 1 else {}))
+            stack.compose_services(project, chosen, "stop",
+                                   services=[service for t in chosen for service in stack.services_of(project, t)])
     return chosen
 
 
@@ -429,11 +429,14 @@ SCHEDULE_TAIL = 256 * 1024  # bytes of a schedule log read for the last runs: th
 def last_runs(project: Project, tenant: Tenant) -> list[dict]:
     """Each scheduled job of the tenant with its last run (None: none logged yet), from the
     end of .tenantkit/logs/NAME.schedule.log."""
+    jobs = project.schedule_of(tenant)
+    if not jobs:
+        return []
     latest: dict[str, dict] = {}
     for record in _schedule_records(project, tenant.name, SCHEDULE_TAIL):
         latest[record.get("job")] = record
     return [{"id": job_id(cron, command), "cron": cron, "command": command,
-             "last": latest.get(job_id(cron, command))} for cron, command in project.schedule_of(tenant)]
+             "last": latest.get(job_id(cron, command))} for cron, command in jobs]
 
 
 def _schedule_records(project: Project, name: str, limit: int) -> list[dict]:
@@ -496,13 +499,10 @@ def certificate_of(project: Project, tenant: Tenant) -> dict | None:
     """The tenant's TLS and its certificate's expiry: the one its tenant.yaml gives (which
     the proxy serves from the next `tenant up`), or the one mod_md obtained (None while there
     is none yet)."""
-    mode = project.tls_of(tenant)
-    if mode == TLS_OFF:
+    path = project.certificate_file(tenant)
+    if path is None:
         return None
-    if mode == TLS_GIVEN:
-        path = tenant.tls_paths()[0]  # as given: what the proxy has, unless `up` has not run since
-    else:
-        path = project.acme_certificate(tenant)
+    mode = project.tls_of(tenant)
     found = certificates.read_certificate(path)
     return {"mode": mode, "expires": found.not_after.isoformat() if found else None,
             "days_left": found.days_left() if found else None, "issuer": found.issuer if found else None}

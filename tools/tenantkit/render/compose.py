@@ -184,11 +184,7 @@ def render_tenant_compose(project: Project, tenant: Tenant, image: str, subnet: 
 PROCESS_LABEL = "tenantkit.process"  # on a tenant's background process: its name
 
 
-def process_service_name(tenant: Tenant, process: str) -> str:
-    return tenant.names.process_service(process)
-
-
-def add_processes(project: Project, doc: dict, tenant: Tenant, processes: dict[str, str]) -> None:
+def add_processes(doc: dict, tenant: Tenant, processes: dict[str, str]) -> None:
     """A service per background process (tenant.yaml `processes:`), made like the tenant's
     web container (image, settings, secrets, media, network, limits, lockdown), running its
     command instead of gunicorn. Restarted when it exits. Reached by nothing: no alias on
@@ -202,7 +198,7 @@ def add_processes(project: Project, doc: dict, tenant: Tenant, processes: dict[s
                              "tenantkit.settings": web["labels"]["tenantkit.settings"]}
         service["environment"] = {**web["environment"], "TENANTKIT_PROCESS": name}
         service["stop_grace_period"] = "20s"
-        doc["services"][process_service_name(tenant, name)] = service
+        doc["services"][tenant.names.process_service(name)] = service
 
 
 def proxy_service(project: Project, tenants: list[Tenant], proxy_image: str,
