@@ -133,6 +133,25 @@ class Stack:
         text = (self.root / "tenantkit.yaml").read_text()
         return int(re.search(r"^proxy:\n(?:  .*\n)*?  port: (\d+)", text, re.M).group(1))
 
+    def tls_port(self) -> int:
+        return yaml.safe_load((self.root / "tenantkit.yaml").read_text())["proxy"]["tls_port"]
+
+    def https(self, host: str, cafile: Path, path: str = "/", method: str = "GET",
+              **kwargs) -> subprocess.CompletedProcess:
+        """curl over HTTPS to the proxy, resolving `host` to 127.0.0.1 (SNI and Host: `host`),
+        trusting `cafile`; stdout is the status code."""
+        port = self.tls_port()
+        return subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(cafile),
+                               "--resolve", f"{host}:{port}:127.0.0.1", "-X", method, f"https://{host}:{port}{path}"],
+                              capture_output=True, text=True, timeout=30, **kwargs)
+
+    def edit_tenant_yaml(self, name: str, **changes) -> None:
+        """What an operator does by hand in tenants/NAME/tenant.yaml."""
+        path = self.root / "tenants" / name / "tenant.yaml"
+        data = yaml.safe_load(path.read_text())
+        data.update(changes)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+
     def via_proxy(self, host: str, path: str = "/", **headers) -> requests.Response:
         return requests.get(f"http://127.0.0.1:{self.proxy_port()}{path}",
                             headers={"Host": host, **headers}, timeout=10, allow_redirects=False)

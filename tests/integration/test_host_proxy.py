@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import requests
 import trustme
-import yaml
 
 from tests.conftest import write_project
 from tests.integration.conftest import Stack, free_port
@@ -98,7 +97,7 @@ def test_the_hosts_apache_serves_a_given_certificate_by_sni(host_stack, host_pro
     redirects there. Last in the module: it turns TLS off again."""
     stack = host_stack
     port, apache, out = host_proxy
-    tls_port = yaml.safe_load((stack.root / "tenantkit.yaml").read_text())["proxy"]["tls_port"]
+    tls_port = stack.tls_port()
     folder = stack.root
     stack.ok("set", "alpha", f"tls_cert={folder / 'alpha.pem'}", f"tls_key={folder / 'alpha.key'}")
     stack.ok("render")
@@ -107,9 +106,7 @@ def test_the_hosts_apache_serves_a_given_certificate_by_sni(host_stack, host_pro
         apache.graceful()
         run = None
         for _ in range(50):
-            run = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert",
-                                  str(folder / "private-ca.pem"), "--resolve", f"alpha.localhost:{tls_port}:127.0.0.1",
-                                  f"https://alpha.localhost:{tls_port}/healthz/"], capture_output=True, text=True)
+            run = stack.https("alpha.localhost", folder / "private-ca.pem", "/healthz/")
             if run.stdout == "200":
                 break
             time.sleep(0.2)

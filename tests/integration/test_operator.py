@@ -47,14 +47,6 @@ def files(s: Stack, name: str) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
 
-def edit_yaml(s: Stack, name: str, **changes) -> None:
-    """What an operator does by hand in tenants/NAME/tenant.yaml."""
-    path = s.root / "tenants" / name / "tenant.yaml"
-    data = yaml.safe_load(path.read_text())
-    data.update(changes)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-
-
 def refused(run, *words):
     assert run.code == 2, run
     assert run.err.count("\n") == 1 and all(w in run.err for w in words), run.err
@@ -99,7 +91,7 @@ def test_set_refuses_apps_that_do_not_load(ops):
 def test_a_failed_up_keeps_the_running_container_and_its_files(ops):
     running = container_id(ops, "op2")
     before = files(ops, "op2")
-    edit_yaml(ops, "op2", apps=["nosuchapp"])  # by hand: `set` would have refused it
+    ops.edit_tenant_yaml("op2", apps=["nosuchapp"])  # by hand: `set` would have refused it
     try:
         run = ops.cli("up", "op2")
         assert run.code == 1 and "No module named 'nosuchapp'" in run.err, run
@@ -129,7 +121,7 @@ def test_a_failed_up_keeps_the_running_container_and_its_files(ops):
         assert ops.get("op2", "/healthz/").status_code == 200
         assert yaml.safe_load(files(ops, "op2")["tenant.yaml"])["apps"] == ["nosuchapp"]  # the change is kept
     finally:
-        edit_yaml(ops, "op2", apps=[])
+        ops.edit_tenant_yaml("op2", apps=[])
         ops.ok("up", "op2")
 
 
@@ -149,7 +141,7 @@ def test_a_failed_migrate_puts_the_old_files_back(ops):
         "from django.db import migrations\n\n\nclass Migration(migrations.Migration):\n"
         "    operations = [migrations.RunSQL('CREATE TABLE auth_blocker (id integer)')]\n")
     try:
-        edit_yaml(ops, "op3", apps=["failing"], title="Op Three")
+        ops.edit_tenant_yaml("op3", apps=["failing"], title="Op Three")
         run = ops.cli("up", "op3")
         assert run.code == 1 and "auth_blocker" in run.err, run
         assert files(ops, "op3")["settings.py"] == before
@@ -157,7 +149,7 @@ def test_a_failed_migrate_puts_the_old_files_back(ops):
         assert ops.get("op3", "/healthz/").status_code == 200
     finally:
         shutil.rmtree(app)
-        edit_yaml(ops, "op3", apps=[], title="Op3")
+        ops.edit_tenant_yaml("op3", apps=[], title="Op3")
         ops.ok("up", "op3")
         ops.ok("manage", "op3", "--", "shell", "-c", blocker.replace("CREATE TABLE auth_blocker (id integer)",
                                                                       "DROP TABLE auth_blocker"))
@@ -273,7 +265,7 @@ def test_list_and_status_show_why_a_tenant_is_unhealthy(ops):
 
 def test_a_pin_to_a_release_that_does_not_exist(ops):
     refused(ops.cli("set", "op3", "release=nope"), "unknown release 'nope'", "tenant release build nope")
-    edit_yaml(ops, "op3", release="nope")  # by hand
+    ops.edit_tenant_yaml("op3", release="nope")  # by hand
     try:
         refused(ops.cli("up", "op3"), "pinned to release 'nope', which does not exist", "tenant set op3 release=")
         run = ops.cli("up", "--all")  # the others are not held back by it
@@ -282,7 +274,7 @@ def test_a_pin_to_a_release_that_does_not_exist(ops):
         outcomes = {o["tenant"]: o["result"] for o in json.loads(ops.cli("migrate", "--all", "--json").out)}
         assert outcomes["op3"] == "failed" and outcomes["op1"] == "up-to-date"
     finally:
-        edit_yaml(ops, "op3", release=None)
+        ops.edit_tenant_yaml("op3", release=None)
 
 
 # 9. manage: stdin and environment ----------------------------------------------------------

@@ -26,7 +26,6 @@ import docker
 import pytest
 import requests
 import trustme
-import yaml
 
 from tests.conftest import write_project
 from tests.integration.conftest import Stack, admin_sql, free_port, remove_project
@@ -106,8 +105,8 @@ def prod(pebble):
     try:
         for name in ("acme", "liberty", "zed"):
             stack.ok("new", name)
-        tenant_yaml(stack, "acme", processes={"notes": PROCESS})
-        tenant_yaml(stack, "zed", schedule=[
+        stack.edit_tenant_yaml("acme", processes={"notes": PROCESS})
+        stack.edit_tenant_yaml("zed", schedule=[
             {"cron": "* * * * * */2", "command": "process_notes"},
             {"cron": "* * * * * *", "command": "shell -c 'import time; time.sleep(2.5)'"},
             {"cron": "* * * * * */3", "command": "no_such_command"},
@@ -120,31 +119,16 @@ def prod(pebble):
         remove_project(root)
 
 
-def tenant_yaml(stack: Stack, name: str, **values) -> None:
-    path = stack.root / "tenants" / name / "tenant.yaml"
-    data = yaml.safe_load(path.read_text())
-    data.update(values)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-
-
-def tls_port(stack: Stack) -> int:
-    return yaml.safe_load((stack.root / "tenantkit.yaml").read_text())["proxy"]["tls_port"]
-
-
 def handshake(stack: Stack, server_name: str, cafile: Path | None = None) -> dict:
     """The certificate the proxy presents for this server name (verified against `cafile`)."""
     context = ssl.create_default_context(cafile=str(cafile)) if cafile else ssl._create_unverified_context()
-    with socket.create_connection(("127.0.0.1", tls_port(stack)), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", stack.tls_port()), timeout=10) as sock:
         with context.wrap_socket(sock, server_hostname=server_name) as wrapped:
             return wrapped.getpeercert() if cafile else {"der": wrapped.getpeercert(binary_form=True)}
 
 
 def https(stack: Stack, host: str, path: str = "/", method: str = "GET", **kwargs) -> subprocess.CompletedProcess:
-    """curl over HTTPS to the proxy, resolving `host` to 127.0.0.1 (SNI and Host: `host`)."""
-    port = tls_port(stack)
-    return subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(stack.ca),
-                           "--resolve", f"{host}:{port}:127.0.0.1", "-X", method, f"https://{host}:{port}{path}"],
-                          capture_output=True, text=True, timeout=30, **kwargs)
+    return stack.https(host, stack.ca, path, method, **kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -203,7 +187,7 @@ def _der(issued) -> bytes:
 def test_an_unknown_server_name_gets_no_tenant(prod):
     with pytest.raises(ssl.SSLCertVerificationError):
         handshake(prod, "unknown.localhost", prod.ca)
-    port = tls_port(prod)
+    port = prod.tls_port()
     run = subprocess.run(["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--resolve",
                           f"unknown.localhost:{port}:127.0.0.1", f"https://unknown.localhost:{port}/"],
                          capture_output=True, text=True, timeout=30)
@@ -216,7 +200,7 @@ def test_an_unknown_server_name_gets_no_tenant(prod):
 def test_http_redirects_to_https_except_acme_challenges(prod):
     response = prod.via_proxy("acme.localhost", "/notes/archive/?a=1")
     assert response.status_code == 301
-    assert response.headers["Location"] == f"https://acme.localhost:{tls_port(prod)}/notes/archive/?a=1"
+    assert response.headers["Location"] == f"https://acme.localhost:{prod.tls_port()}/notes/archive/?a=1"
     challenge = prod.via_proxy("acme.localhost", "/.well-known/acme-challenge/token")
     assert challenge.status_code != 301
     assert prod.via_proxy("zed.localhost", "/healthz/").status_code == 200  # a tenant without TLS
@@ -227,7 +211,7 @@ class Browser:
     127.0.0.1: SNI, the certificate check and the Host header all name the tenant."""
 
     def __init__(self, stack: Stack, host: str):
-        self.stack, self.host, self.port = stack, host, tls_port(stack)
+        self.stack, self.host, self.port = stack, host, stack.tls_port()
         self.jar = stack.root / f"cookies-{host}-{time.monotonic_ns()}.txt"
         self.base = f"https://{host}:{self.port}"
 
@@ -294,9 +278,7 @@ def test_auto_tls_gets_a_certificate_from_the_acme_ca(prod, pebble):
                                      + (log.read_text()[-2000:] if log.exists() else ""))
             time.sleep(2)
     assert ("DNS", "liberty.localhost") in cert["subjectAltName"]
-    run = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(issuer),
-                          "--resolve", f"liberty.localhost:{tls_port(prod)}:127.0.0.1",
-                          f"https://liberty.localhost:{tls_port(prod)}/healthz/"], capture_output=True, text=True)
+    run = prod.https("liberty.localhost", issuer, "/healthz/")
     assert run.stdout == "200", run.stderr
     status = json.loads(prod.ok("status", "liberty", "acme", "--json").out)
     by_name = {row["name"]: row for row in status}

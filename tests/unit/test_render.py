@@ -9,7 +9,7 @@ from tenantkit.render.settings import render_settings
 
 
 def tenant(project, name, port, **extra):
-    return Tenant(name=name, hosts=(f"{name}.localhost",), title=name.title(), port=port,
+    return Tenant(name=name, hosts=extra.pop("hosts", (f"{name}.localhost",)), title=name.title(), port=port,
                   memory=extra.pop("memory", "256m"), workers=1, threads=4,
                   path=project.tenant_dir(name), **extra)
 
