@@ -352,8 +352,12 @@ def test_a_process_that_exits_restarts(prod):
 def test_processes_stop_and_start_with_their_tenant(prod):
     prod.ok("down", "acme")
     assert process_container(prod).status == "exited"
-    prod.ok("up", "acme")
-    assert process_container(prod).status == "running"
+    run = prod.ok("up", "acme")
+    assert process_container(prod).status == "running" and "starting processes" in run.err
+    # Up to date: the running process is left as it is, and Compose is not asked.
+    started = process_container(prod).attrs["State"]["StartedAt"]
+    run = prod.ok("up", "acme")
+    assert "starting processes" not in run.err and process_container(prod).attrs["State"]["StartedAt"] == started
 
 
 def test_processes_deploy_and_roll_back_with_their_tenant(prod):

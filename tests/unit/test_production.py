@@ -15,8 +15,8 @@ from tenantkit import model
 from tenantkit.model import (TLS_AUTO, TLS_GIVEN, TLS_OFF, ConfigError, ProxyMode, Tls, job_id,
                              load_project, load_tenant, load_tenants)
 from tenantkit.render.apache import DEFAULT_SITE, host_layout, proxy_layout, render_default_vhost, render_sites
-from tenantkit.render.compose import (PROCESS_LABEL, PROXY_LABEL, add_processes, dump_compose, proxy_service,
-                                      render_stack, render_tenant_compose)
+from tenantkit.render.compose import (CONFIG_LABEL, PROCESS_LABEL, PROXY_LABEL, add_processes, dump_compose, process_config,
+                                      proxy_service, render_stack, render_tenant_compose)
 from tenantkit.render.scheduler import dump_schedule, render_schedule
 from tenantkit.render.settings import render_settings
 
@@ -470,7 +470,8 @@ def test_a_process_runs_like_the_web_container_but_is_reached_by_nothing(project
         acme = tenant(proj, "acme", 8101, memory="512m", cpus=0.5)
         doc = render_tenant_compose(proj, acme, IMAGE, "10.213.0.0/28", "digest-1", slot="b")
         web_before = yaml.safe_load(dump_compose(doc))["services"]["tenant-acme"]
-        add_processes(doc, acme, {"worker": "python manage.py qcluster --name 'a b'", "beat": "celery beat"})
+        command = "python manage.py qcluster --name 'a b'"
+        add_processes(doc, acme, {"worker": command, "beat": "celery beat"}, "0123456789abcdef")
         assert list(doc["services"]) == ["tenant-acme", "tenant-acme-worker", "tenant-acme-beat"]
         web, worker = doc["services"]["tenant-acme"], doc["services"]["tenant-acme-worker"]
         assert web == web_before  # the web service is left as it was
@@ -484,7 +485,12 @@ def test_a_process_runs_like_the_web_container_but_is_reached_by_nothing(project
         assert "ports" not in worker
         assert worker["networks"] == ["tenant-acme"]  # no alias: the proxy never routes to it
         assert worker["labels"] == {"tenantkit.tenant": "acme", PROCESS_LABEL: "worker",
-                                    "tenantkit.settings": "digest-1"}
+                                    "tenantkit.settings": "digest-1",
+                                    CONFIG_LABEL: process_config("0123456789abcdef", "worker", command)}
+        # What it is made of, and only that, names it: `up` leaves a running one that matches.
+        configs = {process_config(web, name, text) for web in ("0123456789abcdef", "fedcba9876543210")
+                   for name in ("worker", "beat") for text in (command, "celery beat")}
+        assert len(configs) == 8 and process_config(None, "worker", command) is None
         assert "tenantkit.slot" not in worker["labels"]
         assert yaml.safe_load(dump_compose(doc)) == doc
     assert "ports" in web  # host mode: the web container publishes, its processes do not

@@ -30,14 +30,13 @@ from ..model import (OWNER_LABEL, TENANT_FILE, TLS_GIVEN, ConfigError, Project, 
 from ..progress import track
 from ..render import TEMPLATES
 from ..render.apache import DEFAULT_SITE, proxy_layout, release_of, render_default_vhost, render_proxy_vhost
-from ..render.compose import (PROCESS_LABEL, PROXY_LABEL, add_processes, dump_compose,
+from ..render.compose import (CONFIG_LABEL, PROCESS_LABEL, PROXY_LABEL, add_processes, dump_compose, process_config,
                               proxy_address, render_stack, render_tenant_compose, tenant_service)
 from ..render.scheduler import SCHEDULE_FILE, SCHEDULER_LABEL, dump_schedule, render_schedule, scheduler_service
 from ..render.settings import render_settings
 
 Report = Callable[[str], None]
 MIGRATE_JOBS = 4
-CONFIG_LABEL = "tenantkit.config"
 
 
 def quiet(message: str) -> None:
@@ -346,7 +345,7 @@ def render(project: Project, names: Iterable[str] | None = None, tenants: list[T
             # running container whose label matches alone, without asking Compose.
             configs[tenant.name] = hashlib.sha256(dump_compose(doc).encode()).hexdigest()[:16]
             doc["services"][tenant.names.service]["labels"][CONFIG_LABEL] = configs[tenant.name]
-            add_processes(doc, tenant, project.processes_of(tenant))  # not in the web's digest
+            add_processes(doc, tenant, project.processes_of(tenant), configs[tenant.name])  # not in the web's digest
             atomic_write(project.tenant_compose_file(tenant), dump_compose(doc))
             if with_proxy and tenant.name not in bad_tls:
                 if tenant.name in good_tls:
@@ -931,15 +930,22 @@ def process_containers(client, project: Project, names: Iterable[str] | None = N
 def sync_processes(client, project: Project, tenants: list[Tenant], report: Report = quiet) -> None:
     """Bring the tenants' background processes to their rendered definition: Compose starts
     them, recreating those whose definition or image changed (after a deploy, say); a
-    process tenant.yaml no longer names is removed. Tenants without processes cost one
-    list call for the batch."""
-    wanted = {t.name: set(project.processes_of(t)) for t in tenants}
+    process tenant.yaml no longer names is removed. The batch costs one list call, and
+    Compose is asked only about tenants with a process not running its definition (the
+    config label, as for web containers)."""
+    wanted = {t.name: project.processes_of(t) for t in tenants}
+    current = set()  # (tenant, process) running as rendered
+    configs = _render_cache(project).get("configs", {})
     for entry in process_containers(client, project, wanted):
         labels = entry["Labels"]
-        if labels.get(PROCESS_LABEL) not in wanted[labels["tenantkit.tenant"]]:
-            report(f"{labels['tenantkit.tenant']}: removing process {labels.get(PROCESS_LABEL)}")
+        tenant, name = labels["tenantkit.tenant"], labels.get(PROCESS_LABEL)
+        if name not in wanted[tenant]:
+            report(f"{tenant}: removing process {name}")
             client.api.remove_container(entry["Id"], force=True)
-    with_processes = [t for t in tenants if wanted[t.name]]
+        elif (entry.get("State") == "running"
+              and labels.get(CONFIG_LABEL) == process_config(configs.get(tenant), name, wanted[tenant][name])):
+            current.add((tenant, name))
+    with_processes = [t for t in tenants if any((t.name, name) not in current for name in wanted[t.name])]
     if not with_processes:
         return
     services = [service for t in with_processes for service in services_of(project, t)[1:]]

@@ -10,6 +10,7 @@ Built as data and dumped with yaml.safe_dump (libyaml's C dumper when present). 
 never appear in them: containers read env files (mode 0600) that the documents only name.
 """
 import copy
+import hashlib
 import ipaddress
 import posixpath
 import shlex
@@ -182,20 +183,30 @@ def render_tenant_compose(project: Project, tenant: Tenant, image: str, subnet: 
 
 
 PROCESS_LABEL = "tenantkit.process"  # on a tenant's background process: its name
+CONFIG_LABEL = "tenantkit.config"  # the digest of what a container is made from: one that matches is left as it is
 
 
-def add_processes(doc: dict, tenant: Tenant, processes: dict[str, str]) -> None:
+def process_config(web_config: str | None, name: str, command: str) -> str | None:
+    """A process's CONFIG_LABEL: it is made of its web container's definition, its name and
+    its command, so their digests together name it (None: the web's is not known)."""
+    if web_config is None:
+        return None
+    return hashlib.sha256(f"{web_config}\0{name}\0{command}".encode()).hexdigest()[:16]
+
+
+def add_processes(doc: dict, tenant: Tenant, processes: dict[str, str], web_config: str) -> None:
     """A service per background process (tenant.yaml `processes:`), made like the tenant's
     web container (image, settings, secrets, media, network, limits, lockdown), running its
     command instead of gunicorn. Restarted when it exits. Reached by nothing: no alias on
-    the network, no port."""
+    the network, no port. `web_config`: the web container's CONFIG_LABEL."""
     web = doc["services"][tenant.names.service]
     for name, command in processes.items():
         service = copy.deepcopy({key: value for key, value in web.items() if key not in ("ports", "labels", "networks")})
         service["command"] = shlex.split(command)
         service["networks"] = [tenant.names.network]
         service["labels"] = {"tenantkit.tenant": tenant.name, PROCESS_LABEL: name,
-                             "tenantkit.settings": web["labels"]["tenantkit.settings"]}
+                             "tenantkit.settings": web["labels"]["tenantkit.settings"],
+                             CONFIG_LABEL: process_config(web_config, name, command)}
         service["environment"] = {**web["environment"], "TENANTKIT_PROCESS": name}
         service["stop_grace_period"] = "20s"
         doc["services"][tenant.names.process_service(name)] = service
