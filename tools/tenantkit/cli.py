@@ -149,6 +149,9 @@ def list_(ctx, as_json):
     if any(r.processes for r in rows):  # a column only for fleets that have background processes
         table = [(*line, "PROCESSES") for line in table[:1]] + [
             (*line, processes_summary(r.processes)) for line, r in zip(table[1:], rows)]
+    if project.engine == "swarm":  # running/wanted tasks of each tenant's service
+        table = [(*line[:2], "TASKS", *line[2:]) for line in table[:1]] + [
+            (*line[:2], r.tasks or "-", *line[2:]) for line, r in zip(table[1:], rows)]
     print_table(table)
     memory_advice([(r.name, r.memory.oom_kills if r.memory else None, r.memory_limit) for r in rows])
 
@@ -326,6 +329,12 @@ def status(ctx, names, as_json):
                       "-" if r["connections"] is None else f"{r['connections']}/{r['connection_limit']}",
                       certificate_summary(r["tls"]), processes_summary(r["processes"]), r["image"] or "-"))
     print_table(table)
+    tasks = [(r["name"], task) for r in rows for task in r.get("tasks") or []]
+    if tasks:
+        click.echo("\ntasks (swarm):")
+        print_table([("TENANT", "SLOT", "NODE", "STATE", "CONTAINER", "ERROR")] + [
+            (name, task["slot"], task["node"], task["state"], task["container"] or "-", task["error"] or "")
+            for name, task in tasks])
     jobs = [(r["name"], job) for r in rows for job in r["schedule"]]
     if jobs:
         click.echo("\nscheduled commands (last run; `tenant logs NAME --schedule` shows every run):")
@@ -577,6 +586,19 @@ def release_build(ctx, version, force, as_json):
     record = orch.build_release(_project(ctx), version, force, report)
     click.echo(json.dumps(record, indent=2) if as_json else
                f"release {record['version']}: {record['image']} (source {record['revision'] or 'not a git checkout'})")
+
+
+@release.command("push")
+@click.argument("version")
+@click.option("--json", "as_json", is_flag=True, help="Print what was pushed as JSON.")
+@click.pass_context
+def release_push(ctx, version, as_json):
+    """Push release VERSION's image to the registry (swarm.registry in tenantkit.yaml).
+
+    Services on a swarm name images by their digest in the registry, so every node runs
+    the same bytes; `up` and `deploy` push what they need themselves."""
+    record = orch.push_release(_project(ctx), version, report)
+    click.echo(json.dumps(record, indent=2) if as_json else f"release {record['version']}: pushed as {record['pushed']}")
 
 
 def print_removal(outcome: dict, as_json: bool) -> None:

@@ -134,6 +134,7 @@ class Proxy:
     health_interval: int = 60  # seconds between the proxy's health checks of each tenant
     tls_port: int = 8443  # compose: the HTTPS port published on proxy.address; host: the host's Apache's
     address: str = "127.0.0.1"  # compose: the address the proxy publishes its ports on (0.0.0.0: every one)
+    replicas: int | None = 1  # swarm: proxy tasks (None: global mode, one on every node)
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,8 @@ class DatabaseServer:
     # django.contrib.postgres in every tenant's INSTALLED_APPS: its database is PostgreSQL,
     # and apps that use PostgreSQL's features there (Wagtail's search) need it.
     postgres_app: bool = True
+    # swarm: where the db service may run (its volume lives there; tenantkit runs there too)
+    placement: tuple[str, ...] = ("node.role == manager",)
 
     @property
     def admin_host(self) -> str:
@@ -193,6 +196,30 @@ class Tls:
     acme_ca_file: Path | None = None  # a CA that signs the ACME server's own HTTPS (a private or test CA)
     trusted_roots: Path | None = None  # extra roots a given certificate's chain may end at (a private CA)
     hsts: int = 0  # Strict-Transport-Security max-age in seconds on HTTPS answers; 0: no header
+
+
+ENGINES = ("compose", "swarm")
+
+
+@dataclass(frozen=True)
+class Storage:
+    """swarm: how every node reaches the checkout's shared folders (tenants' media, the
+    proxy's sites, assets and logs): a volume driver and its options, where {path} is the
+    folder's path (absolute, on the manager's checkout) and {relpath} the same relative to
+    the checkout. The default, local with a bind, serves one node."""
+
+    driver: str = "local"
+    options: tuple[tuple[str, str], ...] = (("type", "none"), ("o", "bind"), ("device", "{path}"))
+
+
+@dataclass(frozen=True)
+class Swarm:
+    """tenantkit.yaml `swarm:` (see docs/scale-out.md)."""
+
+    endpoint_mode: str = "vip"  # vip (the swarm default, needs IPVS) or dnsrr
+    registry: str | None = None  # HOST:PORT of the registry release images are pushed to
+    storage: Storage = Storage()
+    update_monitor: int = 10  # seconds a new task must stay healthy before the update goes on
 
 
 @dataclass(frozen=True)
@@ -244,6 +271,13 @@ class Project:
     tenant_settings: Path | None = None
     tenant_settings_text: str = field(default="", repr=False)
     tls: Tls = Tls()
+    engine: str = "compose"  # compose (one host) or swarm (docs/scale-out.md)
+    swarm: Swarm = Swarm()
+
+    @property
+    def stack_file(self) -> Path:
+        """swarm: compose/stack.yaml, what `docker stack deploy` runs."""
+        return self.root / "compose" / "stack.yaml"
 
     @property
     def tenant_apps(self) -> tuple[str, ...]:
@@ -405,6 +439,7 @@ class Tenant:
     tls_key: str | None = None
     processes: tuple[tuple[str, str], ...] = ()  # (name, command): background processes, Procfile style
     schedule: tuple[tuple[str, str], ...] = ()  # (cron, manage.py command)
+    replicas: int = 1  # swarm: tasks serving the tenant
     # What the project adds to every tenant's code (Project.tenant_code); not in tenant.yaml.
     project_code: str = ""
     path: Path = field(default=Path("."), compare=False)
@@ -453,6 +488,7 @@ class Tenant:
             **({"processes": dict(self.processes)} if self.processes else {}),
             **({"schedule": [{"cron": cron, "command": command} for cron, command in self.schedule]}
                if self.schedule else {}),
+            **({"replicas": self.replicas} if self.replicas != 1 else {}),
             **({"removing": self.removing} if self.removing else {}),
         }
 
@@ -874,6 +910,7 @@ def load_project(root: Path) -> Project:
         max_connections=db.get("max_connections", lambda v: check_count(v, 20, 100000), 1000),
         templates=db.get("templates", _bool, True),
         postgres_app=db.get("postgres_app", _bool, True),
+        placement=db.get("placement", _list_of(check_text), DatabaseServer.placement),
     )
     db.done()
     if not service and database.admin_password_file is None:
@@ -893,6 +930,7 @@ def load_project(root: Path) -> Project:
         health_interval=px.get("health_interval", lambda v: check_count(v, 1, 3600), Proxy.health_interval),
         tls_port=px.get("tls_port", check_port_any, Proxy.tls_port),
         address=px.get("address", check_ip, Proxy.address),
+        replicas=px.get("replicas", check_proxy_replicas, Proxy.replicas),
     )
     px.done()
     if proxy.tls_port == proxy.port:
@@ -923,6 +961,12 @@ def load_project(root: Path) -> Project:
     if database.service and proxy.mode is ProxyMode.COMPOSE and proxy.port == database.publish_port:
         raise px.error("port", f"{proxy.port} is also database.publish_port; give the proxy a port of its own")
 
+    engine = top.get("engine", _one_of(ENGINES), "compose")
+    swarm = _swarm_config(top)
+    if engine == "swarm" and proxy.mode is ProxyMode.HOST:
+        raise px.error("mode", "host is not available with engine: swarm (the host's Apache cannot reach "
+                               "swarm services); use compose (an Apache service in the stack) or none")
+
     dflt = top.section("tenant_defaults")
     defaults = TenantDefaults(
         memory=dflt.get("memory", check_memory, TenantDefaults.memory),
@@ -943,7 +987,59 @@ def load_project(root: Path) -> Project:
         defaults=defaults, proxy=proxy, networks=networks, backups_dir=root / backups, backups_keep=backups_keep,
         dev=(root / ".tenantkit" / "dev").exists(), environment=environment,
         tenant_settings=tenant_settings, tenant_settings_text=tenant_settings_text, tls=tls,
+        engine=engine, swarm=swarm,
     )
+
+
+def check_replicas(value: Any) -> int:
+    return check_count(value, 0, 100)
+
+
+def check_proxy_replicas(value: Any) -> int | None:
+    """A number of proxy tasks, or `global`: one on every node (returned as None)."""
+    if value == "global":
+        return None
+    try:
+        return check_count(value, 1, 100)
+    except ValueError:
+        raise ValueError(f"{value!r} is neither a number of tasks from 1 to 100 nor `global`") from None
+
+
+REGISTRY_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9._-]+)*$")
+
+
+def check_registry(value: Any) -> str:
+    if not isinstance(value, str) or not REGISTRY_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a registry such as registry.example.com:5000 or 127.0.0.1:5055")
+    return value
+
+
+def _swarm_config(top: "Fields") -> Swarm:
+    section = top.section("swarm")
+    storage = section.section("storage")
+    options = storage.get("options", _options, None)
+    driver = storage.get("driver", check_name_like_driver, "local")
+    storage.done()
+    swarm = Swarm(
+        endpoint_mode=section.get("endpoint_mode", _one_of(["vip", "dnsrr"]), Swarm.endpoint_mode),
+        registry=section.get("registry", check_registry, None),
+        storage=Storage(driver, Storage.options if options is None and driver == "local" else (options or ())),
+        update_monitor=section.get("update_monitor", lambda v: check_count(v, 1, 600), Swarm.update_monitor),
+    )
+    section.done()
+    return swarm
+
+
+def check_name_like_driver(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:-]*", value):
+        raise ValueError(f"{value!r} is not a volume driver name such as local")
+    return value
+
+
+def _options(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, (str, int)) for k, v in value.items()):
+        raise ValueError("give a mapping of driver option names to values, such as {type: nfs, o: 'addr=10.0.0.5,rw'}")
+    return tuple((k, str(v)) for k, v in value.items())
 
 
 def check_ip(value: Any) -> str:
@@ -1073,6 +1169,7 @@ def tenant_from_mapping(project: Project, name: str, data: dict, lines: dict[str
         removing=f.get("removing", check_text, None),
         processes=f.get("processes", check_processes, ()),
         schedule=f.get("schedule", check_schedule, ()),
+        replicas=f.get("replicas", check_replicas, 1),
         project_code=project.tenant_code,
         path=folder,
     )
@@ -1144,7 +1241,7 @@ def tenant_folder_names(project: Project) -> list[str]:
 
 TENANT_FIELDS = ("name", "hosts", "title", "port", "memory", "workers", "threads", "apps", "maintenance",
                  "enabled", "release", "database", "db_user", "cpus", "debug", "removing", "project_code",
-                 "tls", "tls_cert", "tls_key", "processes", "schedule")
+                 "tls", "tls_cert", "tls_key", "processes", "schedule", "replicas")
 
 
 def _tenant_record(tenant: Tenant) -> dict:

@@ -36,12 +36,23 @@ def _connect(**params) -> psycopg2.extensions.connection:
     return psycopg2.connect(**params)
 
 
+def _on_swarm(project: Project) -> bool:
+    return project.engine == "swarm" and project.database.service
+
+
+def _swarm_endpoint(project: Project) -> tuple[str, int, str]:
+    """The swarm db task's address on this node, its port and its container."""
+    from . import engine, swarm
+    return swarm.database_endpoint(engine.connect(), project)
+
+
 def admin_connect(project: Project, dbname: str = "postgres",
                   retry: bool = True) -> psycopg2.extensions.connection:
     """An autocommit superuser connection, retried while the server starts."""
     db = project.database
+    host, port = (_swarm_endpoint(project)[:2] if _on_swarm(project) else (db.admin_host, db.admin_port))
     connect = _connect if retry else psycopg2.connect
-    conn = connect(host=db.admin_host, port=db.admin_port, user=db.admin_user,
+    conn = connect(host=host, port=port, user=db.admin_user,
                    password=admin_password(project), dbname=dbname, connect_timeout=3)
     conn.autocommit = True
     return conn
@@ -306,6 +317,8 @@ def pg_client(project: Project, program: str, *args: str) -> tuple[list[str], di
     """The command (and environment) that runs a PostgreSQL client as the admin user:
     inside the compose db service, or on this host for an external server."""
     db = project.database
+    if _on_swarm(project):  # inside the db service's task, on this node
+        return ["docker", "exec", "-i", _swarm_endpoint(project)[2], program, "-U", db.admin_user, *args], {}
     if db.service:
         return [*compose_command(project), "exec", "-T", "db", program, "-U", db.admin_user, *args], {}
     env = {"PGPASSWORD": admin_password(project), "PGHOST": db.host, "PGPORT": str(db.port),
@@ -329,7 +342,10 @@ def restore_database(project: Project, names: TenantNames, source, password: str
     session (even with --role) could leave its role or run programs on the server."""
     db = project.database
     args = ["--no-owner", "--no-privileges", "--single-transaction", "--exit-on-error", "-d", names.database]
-    if db.service:  # inside the db container, over its local socket
+    if _on_swarm(project):
+        command = ["docker", "exec", "-i", _swarm_endpoint(project)[2], "pg_restore", "-U", names.role, *args]
+        env = {}
+    elif db.service:  # inside the db container, over its local socket
         command = [*compose_command(project), "exec", "-T", "db", "pg_restore", "-U", names.role, *args]
         env = {}
     else:

@@ -37,6 +37,9 @@ def in_tenant(project: Project, tenant: Tenant, command: list[str], running: boo
               env: dict[str, str] | None = None) -> tuple[int, str]:
     """Run a command in the tenant's context and capture its output."""
     env = env or {}
+    if project.engine == "swarm":
+        from ..orchestration.swarm import run_in_tenant
+        return run_in_tenant(project, tenant, command, env)
     result = engine.compose(project, *tenant_argv(tenant, command, running, env_names=list(env)), tenant=tenant,
                             check=False, env=env)
     return result.returncode, result.stdout or ""

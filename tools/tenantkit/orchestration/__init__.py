@@ -16,6 +16,7 @@ from .housekeeping import prune_backups
 from .importer import import_classic
 from .releases import build_release, deploy, dev, list_releases, prune_releases, remove_releases, rollback
 from .stack import Rendered, Report, quiet
+from .swarm import push_release
 from .tenants import (SETTABLE, TenantStatus, apache_proxy, build, describe_run, down, logs, maintenance, manage,
                       memory, new, render, set_values, status, status_detail, test, up)
 
@@ -25,5 +26,5 @@ __all__ = [
     "prune_backups", "prune_releases", "remove_releases",
     "quiet", "SETTABLE", "TenantStatus", "apache_proxy", "build", "down", "logs", "maintenance", "manage",
     "new", "render", "set_values", "status", "status_detail", "up", "Finding", "doctor", "memory", "test",
-    "describe_run",
+    "describe_run", "push_release",
 ]

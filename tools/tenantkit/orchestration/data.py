@@ -206,6 +206,10 @@ def rm(project: Project, name: str, keep_data: bool = False, report: Report = qu
 def _forget(client, project: Project, tenant: Tenant, report: Report) -> None:
     """Take a tenant out of the generated files and the proxy."""
     stack.forget(project, tenant)
+    if project.engine == "swarm":  # off the database's and the proxy's networks, then gone
+        from . import swarm
+        swarm.forget_network(client, project, tenant, report)
+        return
     stack.render(project, [])
     stack.reload_proxy(client, project, [], report)
 

@@ -32,7 +32,7 @@ from ..act.secrets import read_env_file
 from ..act.state import Release, TenantRuntime, other_slot, release_image
 from ..model import ConfigError, Project, ProxyMode, Tenant, check_release, display_path, load_tenants
 from ..render.compose import SLOT_LABEL
-from . import data, housekeeping, stack
+from . import data, housekeeping, stack, swarm
 from .fleet import Outcome, across
 from .stack import Report, quiet
 
@@ -447,7 +447,10 @@ def _switch_slots(client, project: Project, tenant: Tenant, slot: str, report: R
 
 def _recreate(client, project: Project, tenant: Tenant) -> None:
     """Bring the tenant's container to its rendered definition (Compose keeps a container
-    that already matches it and removes any other), wait, and route to it again."""
+    that already matches it and removes any other), wait, and route to it again.
+    On swarm: the service's rolling update (start-first, health-checked)."""
+    if project.engine == "swarm":
+        return swarm.apply_tenants(client, project, [tenant])
     engine.compose(project, "up", "-d", "--no-deps", tenant.names.service, tenant=tenant)
     health.wait_healthy(client, project, [tenant])
     _route_to_live_slot(client, project, tenant)
@@ -456,7 +459,7 @@ def _recreate(client, project: Project, tenant: Tenant) -> None:
 def _uses_slots(project: Project, running: bool) -> bool:
     """Whether the tenant moves between slots (a running tenant behind the compose proxy)
     or is recreated in place (host or no proxy: its published port cannot be shared)."""
-    return running and project.proxy.mode is ProxyMode.COMPOSE
+    return running and project.proxy.mode is ProxyMode.COMPOSE and project.engine != "swarm"
 
 
 def _deploy_one(client, project: Project, tenant: Tenant, version: str, rendered_image: str,
@@ -540,7 +543,7 @@ def _deploy_one(client, project: Project, tenant: Tenant, version: str, rendered
         report(f"{tenant.name}: FAILED, staying on {previous or 'its previous image'}")
         _set_runtime(project, tenant, before if not resumed else TenantRuntime(
             release=previous, image=previous_image, previous=None, slot=before.routed_slot))
-        if not running:
+        if not running and project.engine != "swarm":
             engine.compose(project, "rm", "-f", "-s", tenant.names.service, tenant=tenant, check=False)
         else:
             try:  # back on its recorded release (still running, in the slot the proxy uses)
@@ -704,7 +707,11 @@ def _rollback_one(client, project: Project, tenant: Tenant, report: Report) -> O
                                       f"({len(unknown)}), and the pre-deploy backup {pre_deploy} is missing")
             safety = data.write_backup(project, tenant, secrets=False)
             report(f"{tenant.name}: restoring the database from before the deploy (current data saved in {safety})")
-            stack.compose_services(project, [tenant], "stop", services=stack.services_of(project, tenant), check=False)
+            if project.engine == "swarm":
+                swarm.stop(client, project, [tenant], report)
+            else:
+                stack.compose_services(project, [tenant], "stop", services=stack.services_of(project, tenant),
+                                       check=False)
             stack.remove_jobs(client, project, [tenant.name])  # none writes to the database being replaced
             failpoint("rollback", "stopped")
             _restore_database(project, tenant, Path(pre_deploy))
@@ -722,7 +729,13 @@ def _rollback_one(client, project: Project, tenant: Tenant, report: Report) -> O
             with locked(project):
                 stack.write_tenant_yaml(project, tenant)
         _set_runtime(project, tenant, entry)
-        engine.compose(project, "up", "-d", "--no-deps", tenant.names.service, tenant=tenant, check=False)
+        if project.engine == "swarm":
+            try:
+                swarm.apply_tenants(client, project, [tenant])
+            except (OperationFailed, ConfigError) as again:
+                report(f"{tenant.name}: could not be brought back: {again}")
+        else:
+            engine.compose(project, "up", "-d", "--no-deps", tenant.names.service, tenant=tenant, check=False)
         return Outcome(tenant.name, "failed", time.monotonic() - started, str(exc), 1)
     report(f"{tenant.name}: back on {label} ({detail})")
     return Outcome(tenant.name, "ok", time.monotonic() - started, f"rolled back to {label}: {detail}")
@@ -733,6 +746,8 @@ def _rollback_one(client, project: Project, tenant: Tenant, report: Report) -> O
 
 def dev(project: Project, on: bool, report: Report = quiet) -> list[Tenant]:
     """Run every tenant on the working tree with reloading (on), or back on its release (off)."""
+    if project.engine == "swarm":
+        raise swarm.refuse("dev")
     flag = project.state_dir / "dev"
     project.state_dir.mkdir(parents=True, exist_ok=True)
     if on:

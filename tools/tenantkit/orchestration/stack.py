@@ -644,6 +644,9 @@ def check_network_pool(client, project: Project) -> None:
 def start_database(client, project: Project, tenants: list[Tenant], report: Report = quiet) -> None:
     """Start the compose db service (or check the external server answers) and connect it
     to the tenants' networks (creating them first); wait until it accepts connections."""
+    if project.engine == "swarm":
+        from . import swarm
+        return swarm.ensure_database(client, project, None, report)
     ensure_database(client, project, report)
     connect_networks(client, project, tenants)
 
@@ -651,6 +654,9 @@ def start_database(client, project: Project, tenants: list[Tenant], report: Repo
 def ensure_database(client, project: Project, report: Report = quiet) -> None:
     """Start the compose db service when it is not running; wait until the server accepts
     connections (an external one too)."""
+    if project.engine == "swarm":
+        from . import swarm
+        return swarm.ensure_database(client, project, None, report)
     if project.database.service:
         found = engine.container(client, project, "db")
         engine.check_owner(client, project, found)
@@ -843,6 +849,9 @@ def reload_proxy(client, project: Project, tenants: list[Tenant], report: Report
                  force: bool = False) -> None:
     """Attach the proxy to these tenants' networks (at its fixed address on each) and reload
     it when its sites changed."""
+    if project.engine == "swarm":
+        from . import swarm
+        return swarm.reload_proxy(client, project, report)
     known = state.load(project)
     networks = {project.network_name(t.names): proxy_address(known.runtime(t.name).subnet)
                 for t in tenants if known.runtime(t.name).subnet}
@@ -851,6 +860,9 @@ def reload_proxy(client, project: Project, tenants: list[Tenant], report: Report
 
 def remove_tenant_runtime(client, project: Project, tenant: Tenant) -> None:
     """Stop and remove a tenant's containers (web and processes) and network (its data stays)."""
+    if project.engine == "swarm":
+        from . import swarm
+        return swarm.remove_tenant_runtime(client, project, tenant)
     engine.compose(project, "rm", "--stop", "--force", *services_of(project, tenant), tenant=tenant, check=False)
     for entry in process_containers(client, project, [tenant.name]):  # ones tenant.yaml no longer names
         client.api.remove_container(entry["Id"], force=True)
@@ -933,6 +945,8 @@ def sync_processes(client, project: Project, tenants: list[Tenant], report: Repo
     process tenant.yaml no longer names is removed. The batch costs one list call, and
     Compose is asked only about tenants with a process not running its definition (the
     config label, as for web containers)."""
+    if project.engine == "swarm":  # services of the stack, deployed with their web service
+        return
     wanted = {t.name: project.processes_of(t) for t in tenants}
     current = set()  # (tenant, process) running as rendered
     configs = _render_cache(project).get("configs", {})

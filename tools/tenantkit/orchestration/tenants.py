@@ -28,12 +28,12 @@ from ..act.engine import ContainerState, OperationFailed
 from ..act.failpoints import failpoint
 from ..act.files import atomic_write, held_elsewhere, locked, port_is_free
 from ..model import (ConfigError, Project, ProxyMode, Tenant, check_count, job_id, check_host, check_hosts_free, check_tls_mode,
-                     check_memory, check_module, check_name, check_port, check_release, check_title,
+                     check_memory, check_module, check_name, check_port, check_release, check_replicas, check_title,
                      check_unique, display_path, load_tenants, reserved_ports)
 from ..render.apache import host_layout, render_sites
 from ..render.scheduler import SCHEDULE_LOG
 from ..render.settings import render_settings
-from . import stack
+from . import stack, swarm
 from .stack import Report, checked, quiet, select
 
 # ---------------------------------------------------------------------------
@@ -105,6 +105,8 @@ def up(project: Project, names: Iterable[str] = (), all_: bool = False,
     A new tenant's database is a copy of its release's template when there is one, so it
     starts without migrations: one container start, during which the proxy is reloaded
     once for the whole batch."""
+    if project.engine == "swarm":
+        return swarm.up(project, names, all_, report)
     names = list(names)
     for tenant in select(load_tenants(project), names, all_):  # bad names fail before anything else
         if names:
@@ -242,6 +244,8 @@ def _deploy_checks(project: Project, tenants: list[Tenant], rendered: stack.Rend
 def down(project: Project, names: Iterable[str] = (), all_: bool = False,
          report: Report = quiet) -> list[Tenant]:
     """Stop the named tenants' containers (with --all: the whole stack); data is kept."""
+    if project.engine == "swarm":
+        return swarm.down(project, names, all_, report)
     names = list(names)
     select(load_tenants(project), names, all_)
     engine.connect()
@@ -286,6 +290,7 @@ SETTABLE = {
     "port": _number(check_port),
     "release": lambda value: check_release(value) if value else None,  # pin (empty: unpin)
     "tls": lambda value: None if value in ("", "default") else check_tls_mode(value),  # off, auto, default
+    "replicas": _number(check_replicas),  # swarm: tasks serving the tenant
 }
 # `tls_cert=FILE tls_key=FILE`: a certificate of the tenant's own (checked before it is written).
 CERTIFICATE_KEYS = {"tls_cert", "tls_key"}
@@ -324,6 +329,9 @@ def set_values(project: Project, name: str, assignments: Iterable[str]) -> Tenan
             _check_port_free(project, tenants, changed)
         if changes.get("release"):
             _check_release_exists(project, changed.release)
+        if changed.replicas != 1 and project.engine != "swarm":
+            raise ConfigError(f"replicas={changed.replicas}: a tenant runs more than one task on engine: swarm only; "
+                              "on compose each tenant is one container (use workers= and threads=)")
         after = [changed if t.name == name else t for t in tenants]
         check_unique(after, project)  # whatever loading the project would refuse (tls: auto without a contact)
         if changed.tls_cert:  # exit 2 on a bad certificate, before anything is written
@@ -378,6 +386,7 @@ class TenantStatus:
     memory: memory_of.Memory | None = None
     memory_limit: str = ""  # as tenant.yaml gives it
     processes: dict[str, str] = field(default_factory=dict)  # background process -> its container's state
+    tasks: str = ""  # swarm: running/wanted tasks, such as 2/2
 
     def to_dict(self) -> dict:
         row = asdict(self)
@@ -402,6 +411,14 @@ def _memory(tenant: Tenant, found: dict) -> memory_of.Memory | None:
 
 def status(project: Project) -> list[TenantStatus]:
     """Every tenant with its container's state (running, stopped, absent), health and memory."""
+    if project.engine == "swarm":
+        return [TenantStatus(name=row["name"], title=row["title"], hosts=row["hosts"], state=row["state"],
+                             health=row["health"], url=row["url"], port=row["port"], database=row["database"],
+                             maintenance=row["maintenance"],
+                             memory=row["memory"],
+                             memory_limit=row["memory_limit"], processes=row["processes"],
+                             tasks=row.get("tasks_summary", ""))
+                for row in swarm.status_rows(project)]
     tenants = load_tenants(project)
     found = engine.containers(engine.connect(), project)
     healths = _health(project, tenants, found)
@@ -512,6 +529,16 @@ def status_detail(project: Project, names: Iterable[str] = ()) -> tuple[list[dic
     """State, health, image, memory, uptime and database size of tenants, and the database
     server's connections against its limit."""
     names = list(names)
+    if project.engine == "swarm":
+        rows = swarm.status_rows(project, names)
+        for row in rows:
+            row["memory"] = row["memory"].to_dict() if row["memory"] else None
+            row["memory_mib"] = row["memory"]["used_mib"] if row["memory"] else None
+            row.update({"restarts": None, "uptime_seconds": None, "database_bytes": None, "connections": None,
+                        "connection_limit": stack.connection_limit(select(load_tenants(project), [row["name"]],
+                                                                         False)[0]),
+                        "tls": None, "schedule": []})
+        return rows, None
     tenants = load_tenants(project)
     chosen = select(tenants, names, not names) if names else tenants
     client = engine.connect()
@@ -562,6 +589,9 @@ def memory(project: Project, name: str) -> tuple[memory_of.Memory | None, str]:
     """The memory of a tenant's running container (None: not running, or unreadable here),
     and its limit as tenant.yaml gives it."""
     tenant = select(load_tenants(project), [name], False)[0]
+    if project.engine == "swarm":
+        row = swarm.status_rows(project, [name])[0]
+        return row["memory"], tenant.memory
     return _memory(tenant, engine.containers(engine.connect(), project, tenant.names.service)), tenant.memory
 
 
@@ -575,6 +605,8 @@ def manage(project: Project, name: str, args: list[str], interactive: bool = Fal
     Standard input goes to the command (`echo 'print(1)' | tenant manage acme -- shell`),
     and `env` adds variables to its environment (DJANGO_SUPERUSER_PASSWORD for
     `createsuperuser --noinput`): passed by name, so no value shows in a process list."""
+    if project.engine == "swarm":
+        return swarm.manage(project, name, args, interactive, env)
     select(load_tenants(project), [name], False)
     client = engine.connect()
     with locked(project):
@@ -622,6 +654,8 @@ def test(project: Project, name: str, args: list[str], interactive: bool = False
     `--keepdb` makes Django use that database instead of creating one, which the tenant's
     role may not; its migrations still run on it. Media go to the container's own /tmp,
     never to the tenant's media folder. One run per tenant at a time."""
+    if project.engine == "swarm":
+        raise swarm.refuse("test")
     refuse_removing(select(load_tenants(project), [name], False)[0])
     client = engine.connect()
     project.state_dir.mkdir(parents=True, exist_ok=True)
@@ -705,6 +739,8 @@ def logs(project: Project, name: str, follow: bool = False, lines: int = 100, pr
          schedule: bool = False) -> int:
     """Print the tenant's container output, then its Apache access and error logs (with
     `process`: that background process's output only; `schedule`: its scheduled runs)."""
+    if project.engine == "swarm":
+        return swarm.logs(project, name, follow, lines, process, schedule)
     tenant = select(load_tenants(project), [name], False)[0]
     if schedule:
         return _schedule_log(project, tenant, follow, lines)
