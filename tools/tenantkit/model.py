@@ -220,6 +220,7 @@ class Swarm:
     registry: str | None = None  # HOST:PORT of the registry release images are pushed to
     storage: Storage = Storage()
     update_monitor: int = 10  # seconds a new task must stay healthy before the update goes on
+    health_interval: int = 5  # seconds between a tenant task's healthchecks (a new task waits one)
 
 
 @dataclass(frozen=True)
@@ -1025,6 +1026,7 @@ def _swarm_config(top: "Fields") -> Swarm:
         registry=section.get("registry", check_registry, None),
         storage=Storage(driver, Storage.options if options is None and driver == "local" else (options or ())),
         update_monitor=section.get("update_monitor", lambda v: check_count(v, 1, 600), Swarm.update_monitor),
+        health_interval=section.get("health_interval", lambda v: check_count(v, 1, 600), Swarm.health_interval),
     )
     section.done()
     return swarm

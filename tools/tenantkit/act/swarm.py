@@ -15,6 +15,8 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import filelock
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from ..model import ConfigError, Project, Tenant
 from ..render.swarm import TENANT_LABEL, service_name
@@ -48,7 +50,7 @@ def docker_cli(*args: str, capture: bool = True, check: bool = True, cwd: Path |
     except FileNotFoundError:
         raise ConfigError(f"the docker client is not installed; {ENGINE_HINT}") from None
     if check and result.returncode != 0:
-        raise OperationFailed(f"`docker {' '.join(args[:3])}` failed:\n{tail(result.stdout or '')}")
+        raise OperationFailed(f"`docker {' '.join(args[:2])}` failed:\n{tail(result.stdout or '')}")
     return result
 
 
@@ -58,13 +60,25 @@ def stack_deploy(project: Project, text: str, partial: bool) -> None:
     paths mean the same, and removed after. Services a partial document does not name
     are left as they are (no --prune)."""
     path = project.stack_file if not partial else project.stack_file.with_name(f".stack-{os.getpid()}.yaml")
-    atomic_write(path, text)
-    try:
-        docker_cli("stack", "deploy", "--resolve-image", "never", "-c", path.name, project.name,
-                   cwd=path.parent, timeout=600)
-    finally:
-        if partial:
-            path.unlink(missing_ok=True)
+    project.state_dir.mkdir(parents=True, exist_ok=True)
+    # One deploy at a time (a deploy's parallel tenants share the proxy), and again when a
+    # service changed between the CLI's read and its update (swarm's own update progress
+    # does that): "update out of sequence".
+    with filelock.FileLock(str(project.state_dir / "stack-deploy.lock")):
+        atomic_write(path, text)
+        try:
+            for attempt in Retrying(retry=retry_if_exception(_out_of_sequence), stop=stop_after_attempt(6),
+                                    wait=wait_fixed(0.5), reraise=True):
+                with attempt:
+                    docker_cli("stack", "deploy", "--resolve-image", "never", "-c", path.name, project.name,
+                               cwd=path.parent, timeout=600)
+        finally:
+            if partial:
+                path.unlink(missing_ok=True)
+
+
+def _out_of_sequence(error: BaseException) -> bool:
+    return isinstance(error, OperationFailed) and "out of sequence" in str(error)
 
 
 def services(client: docker.DockerClient, project: Project, tenant: str | None = None) -> dict[str, dict]:

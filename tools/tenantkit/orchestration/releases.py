@@ -483,6 +483,7 @@ def _deploy_one(client, project: Project, tenant: Tenant, version: str, rendered
     before = current.runtime(tenant.name)
     found = engine.service_containers(client, project, tenant.names.service)
     running = any(c.state is ContainerState.RUNNING for c in found)
+    live_image = swarm.live_image(client, project, tenant) if project.engine == "swarm" else None
     image_id = engine.image_id(client, release_image(project, version))
     # A killed deploy of this version (which may have moved the tenant's pin to it already).
     resumed = before.release == version and tenant.release in (None, version)
@@ -496,7 +497,7 @@ def _deploy_one(client, project: Project, tenant: Tenant, version: str, rendered
         previous = current.release_of(tenant)
         # A first deploy remembers the image the tenant ran, so it can be rolled back too.
         newest = max(found, key=lambda c: c.created, default=None)
-        previous_image = None if previous else (newest.image if newest is not None else rendered_image)
+        previous_image = None if previous else (newest.image if newest is not None else live_image or rendered_image)
     slots = _uses_slots(project, running)
     # The idle slot: the one the proxy does not use (a resumed deploy keeps the one it chose).
     slot = (before.live_slot if resumed else other_slot(before.routed_slot)) if slots else before.live_slot

@@ -81,6 +81,9 @@ class ProxyLayout:
     health_path: str = "/"
     health_interval: int = 0  # seconds between the proxy's checks of each backend; 0: none
     tls: TlsLayout | None = None  # HTTPS, when some tenant has TLS
+    # swarm: a new backend connection (and name lookup) per request, so that DNS round robin
+    # (or a service VIP) spreads requests over a tenant's tasks instead of one kept connection.
+    per_request: bool = False
 
     def backend(self, tenant: Tenant, slot: str = "a") -> str:
         """Where the tenant's container answers: the name of the slot the proxy routes to
@@ -101,7 +104,7 @@ def proxy_layout(project: Project, tenants: list[Tenant] | None = None, had: tup
     if project.proxy.mode is ProxyMode.COMPOSE:
         return ProxyLayout(80, "/var/log/tenantkit", "/srv/media", "/srv/assets", True,
                            apache_uri(project.health_path), project.proxy.health_interval,
-                           tls_layout(project, tenants or [], had))
+                           tls_layout(project, tenants or [], had), per_request=project.engine == "swarm")
     return host_layout(project, project.proxy.port, tenants, had)
 
 
@@ -161,6 +164,7 @@ def render_proxy_vhost(tenant: Tenant, layout: ProxyLayout, image: str, slot: st
         balancer=tenant.names.backend_host,
         health_path=layout.health_path,
         health_interval=layout.health_interval,
+        per_request=layout.per_request,
         title_html=maintenance_title(tenant.title),
         maintenance_retry_after=MAINTENANCE_RETRY_AFTER,
         unavailable_retry_after=UNAVAILABLE_RETRY_AFTER,

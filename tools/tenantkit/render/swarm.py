@@ -33,7 +33,11 @@ STACK_VERSION = "3.8"
 TENANT_LABEL = "tenantkit.tenant"
 PROCESS_LABEL = "tenantkit.process"
 APP_UID = "10001"  # the uid tenant containers run as (see the Dockerfile)
-HEALTHCHECK = ["CMD", "python", "/opt/tenantkit/healthcheck.py"]
+# A task is "starting", and gets no traffic from a rolling update, until this passes: GET the
+# health path with the tenant's Host header. bash's /dev/tcp, not Python: one exec per task
+# per interval, and a fleet has hundreds of tasks.
+HEALTHCHECK = ["CMD", "bash", "-c", 'exec 3<>/dev/tcp/127.0.0.1/8000 && printf "GET %s HTTP/1.0\\r\\nHost: %s\\r\\n\\r\\n" '
+               '"$$TENANTKIT_HEALTH_PATH" "$$TENANTKIT_HEALTH_HOST" >&3 && read -r _ code _ <&3 && [ "$$code" = 200 ]']
 DB_SECRET = "db-admin"
 
 
@@ -98,6 +102,10 @@ def tenant_swarm_service(project: Project, tenant: Tenant, image: str, replicas:
         # Only the proxy, this tenant's own tasks and tenantkit's one-off runs are on its
         # network, and the proxy's address there is not fixed: believe X-Forwarded-Proto from it.
         command[command.index("--forwarded-allow-ips") + 1] = "*"
+    if "--access-logfile" not in command and not project.dev:
+        # Each task logs the requests it serves: `tenant logs` (docker service logs) names the
+        # task of each line, so replicas show which one answered.
+        command[-1:-1] = ["--access-logfile", "-"]
     service = {
         "image": image,
         "command": command,
@@ -111,7 +119,8 @@ def tenant_swarm_service(project: Project, tenant: Tenant, image: str, replicas:
         "read_only": True,
         "cap_drop": ["ALL"],
         "networks": {names.network: {"aliases": [names.backend_host, names.slot_host("a"), names.slot_host("b")]}},
-        "healthcheck": {"test": HEALTHCHECK, "interval": "5s", "timeout": "5s", "retries": 3, "start_period": "60s"},
+        "healthcheck": {"test": HEALTHCHECK, "interval": f"{project.swarm.health_interval}s", "timeout": "5s",
+                        "retries": 3, "start_period": "60s"},
         "stop_grace_period": "25s",
         "labels": {TENANT_LABEL: tenant.name},
         "deploy": {
@@ -160,7 +169,7 @@ def db_swarm_service(project: Project, networks: list[str]) -> dict:
         "networks": networks,
         "stop_grace_period": "60s",
         "healthcheck": {"test": ["CMD", "pg_isready", "-q", "-h", "127.0.0.1", "-U", db.admin_user],
-                        "interval": "10s", "timeout": "5s", "retries": 3},
+                        "interval": "3s", "timeout": "5s", "retries": 3},
         "deploy": {
             "replicas": 1,
             "endpoint_mode": project.swarm.endpoint_mode,
@@ -210,7 +219,7 @@ def proxy_swarm_service(project: Project, proxy_image: str, networks: list[str],
         "networks": networks or ["default"],
         "stop_grace_period": "30s",
         "healthcheck": {"test": ["CMD", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/80"],
-                        "interval": "30s", "timeout": "3s", "retries": 3},
+                        "interval": "3s", "timeout": "3s", "retries": 3},
         "deploy": deploy,
     }
 
