@@ -343,6 +343,27 @@ def test_data_verbs_on_swarm(sw):
     assert "GET /" in logs.out
 
 
+def test_a_kill_at_any_step_of_up_or_rm_is_completed_by_running_it_again(sw):
+    env = {**os.environ, "TENANTKIT_FAILPOINT": "up:stack-deployed"}
+    sw.ok("set", "acme", "memory=320m")
+    killed = tenant_cli(sw.root, "up", "acme", env=env)
+    assert killed.code == 137
+    sw.ok("up", "acme")
+    assert sw.service("tenant-acme")["Spec"]["TaskTemplate"]["Resources"]["Limits"]["MemoryBytes"] == 320 * 2**20
+    assert len(sw.tasks("tenant-acme")) == 1 and sw.get("acme.localhost").status_code == 200
+    sw.ok("new", "gone")
+    sw.ok("up", "gone")
+    for step in ("archived", "stopped", "dropped"):
+        killed = tenant_cli(sw.root, "rm", "gone", "-y", env={**os.environ, "TENANTKIT_FAILPOINT": f"rm:{step}"})
+        assert killed.code == 137, killed.err
+    sw.ok("rm", "gone", "-y")
+    with pytest.raises(docker.errors.NotFound):
+        sw.service("tenant-gone")
+    assert not (sw.root / "tenants" / "gone").exists()
+    assert not sw.client.api.networks(names=[f"{sw.name}_tenant-gone"])
+    assert sw.get("acme.localhost").status_code == 200
+
+
 def test_bad_input_on_swarm_exits_2_and_changes_nothing(sw):
     before = (sw.root / "tenants" / "acme" / "tenant.yaml").read_text()
     for args, words in ((("set", "acme", "replicas=500"), "replicas"), (("test", "acme"), "swarm"),

@@ -19,7 +19,8 @@ STEPS = {
     "clone": ("copied", "provisioned", "loaded", "placed"),
     "deploy": ("recorded", "backed-up", "migrated", "next-started", "switched", "done"),
     "rollback": ("stopped", "restored", "swapped", "recorded"),
-    "up": ("template-copied", "copied"),  # a template cut from a fresh database; a copy of a template
+    "up": ("template-copied", "copied",  # a template cut from a fresh database; a copy of a template
+           "stack-deployed"),  # swarm: the services' new definitions given to the swarm, not yet running
     "render": ("certificate-installed",),  # a given certificate written for the proxy, its vhost not yet
     "release-rm": ("untagged", "assets-removed"),  # `release rm` and `release prune`, per release
     "backup-prune": ("removed-one",),  # after each archive retention removes

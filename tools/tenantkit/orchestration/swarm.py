@@ -28,6 +28,7 @@ import yaml
 from ..act import engine, health, migrations, proxy
 from ..act import swarm as swarm_act
 from ..act.engine import OperationFailed
+from ..act.failpoints import failpoint
 from ..act.files import atomic_write, locked
 from ..act.secrets import read_env_file
 from ..model import TLS_OFF, ConfigError, Project, Tenant, load_tenants
@@ -296,6 +297,8 @@ def start(client, project: Project, rendered: stack.Rendered, chosen: list[Tenan
     if "proxy" in doc["services"]:
         names.append("proxy")
     changed = apply(client, project, doc, names, report)
+    if changed:
+        failpoint("up", "stack-deployed")
     stale = [n for n in _process_services(client, project, chosen) if n not in doc["services"]]
     swarm_act.remove_services(client, project, stale)
     swarm_act.wait_converged(client, project, names, report=report)
