@@ -367,7 +367,7 @@ def test_a_kill_at_any_step_of_up_or_rm_is_completed_by_running_it_again(sw):
 def test_bad_input_on_swarm_exits_2_and_changes_nothing(sw):
     before = (sw.root / "tenants" / "acme" / "tenant.yaml").read_text()
     for args, words in ((("set", "acme", "replicas=500"), "replicas"), (("test", "acme"), "swarm"),
-                        (("dev", "on"), "swarm")):
+                        (("dev", "on"), "swarm"), (("doctor",), "swarm"), (("logs", "acme", "--schedule"), "swarm")):
         run = sw.cli(*args)
         assert run.code == 2 and words in run.err and len(run.err.strip().splitlines()) == 1, run.err
     assert (sw.root / "tenants" / "acme" / "tenant.yaml").read_text() == before

@@ -139,6 +139,9 @@ def doctor(project: Project, names: Iterable[str] = (), jobs: int = SETTINGS_JOB
     """Run every check; the findings in a fixed order (engine first, disk last). With
     names, the checks about tenants (settings, ports, vhosts, removals) look at those
     tenants only; the others look at the whole project."""
+    if project.engine == "swarm":
+        from .swarm import refuse
+        raise refuse("doctor")
     folders = tenant_folder_names(project)
     wanted = _chosen_names(folders, names)
     findings, tenants = _load(project, folders)
