@@ -311,6 +311,46 @@ def test_deploy_under_load_has_no_failed_request_and_rolls_back(sw):
     assert sw.get("acme.localhost").status_code == 200
 
 
+def test_a_release_that_fails_its_healthcheck_is_rolled_back_by_swarm_with_no_failed_request(sw):
+    views = sw.root / "src" / "notes" / "views.py"
+    good = views.read_text()
+    views.write_text(good + "\n\ndef healthz(request):  # release 3 is broken\n"
+                            "    from django.http import HttpResponse\n"
+                            "    return HttpResponse('broken', status=500)\n")
+    try:
+        sw.ok("release", "build", "3")
+    finally:
+        views.write_text(good)
+    before = sw.service("tenant-acme")["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+    results: list[int] = []
+    stop = threading.Event()
+
+    def load():  # bounded: at most 3000 requests, and it stops with the deploy
+        while not stop.is_set() and len(results) < 3000:
+            try:
+                results.append(sw.get("acme.localhost", "/").status_code)
+            except requests.RequestException:
+                results.append(0)
+            time.sleep(0.03)
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        run = sw.cli("deploy", "3", "acme", "--json")
+    finally:
+        stop.set()
+        worker.join()
+    assert run.code == 1 and json.loads(run.out)[0]["result"] == "failed", run.out + run.err
+    assert "rolled it back" in run.out + run.err
+    # Swarm put the running release back; the old task served every request meanwhile.
+    assert sw.service("tenant-acme")["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == before
+    assert len(results) > 50 and results.count(200) == len(results), {c: results.count(c) for c in set(results)}
+    runtime = json.loads((sw.root / ".tenantkit" / "state.json").read_text())["tenants"]["acme"]
+    assert runtime.get("release") != "3"
+    sw.ok("up", "acme")  # and the tenant is usable afterwards (no failed update left in the way)
+    assert sw.get("acme.localhost").status_code == 200
+
+
 def test_data_verbs_on_swarm(sw):
     note = "written on the swarm"
     sw.ok("manage", "zed", "--", "shell", "-c", f"from notes.models import Note; Note.objects.create(text={note!r})")

@@ -24,6 +24,7 @@ from .engine import ENGINE_HINT, OperationFailed, tail
 from .files import atomic_write
 
 STACK_LABEL = "com.docker.stack.namespace"
+CONFIG_LABEL = "tenantkit.config"  # on each service: the digest of its definition
 SERVICE_LABEL = "com.docker.swarm.service.name"
 ONEOFF_LABEL = "tenantkit.oneoff"
 FAILED_UPDATE = ("paused", "rollback_started", "rollback_paused", "rollback_completed")
@@ -128,9 +129,18 @@ def _last_error(client: docker.DockerClient, spec: dict) -> str:
     return f"{latest['Status']['State']}: {latest['Status'].get('Err') or latest['Status'].get('Message', '')}"
 
 
-def converged(client: docker.DockerClient, spec: dict) -> bool:
-    """Whether every task the service wants runs (healthy), made from its current definition."""
+def converged(client: docker.DockerClient, spec: dict, wanted: str | None = None) -> bool:
+    """Whether every task the service wants runs (healthy), made from its current definition.
+
+    A failed update (swarm rolled it back, or paused it) raises OperationFailed, unless the
+    service is now what was `wanted` (the digest label): an earlier update of it was rolled
+    back, and the definition it went back to is the one asked for now."""
     status = (spec.get("UpdateStatus") or {}).get("State")
+    label = (spec["Spec"].get("Labels") or {}).get(CONFIG_LABEL)
+    if wanted is not None and label == wanted and status in ("rollback_started", "rollback_completed"):
+        if status == "rollback_started":  # going back to what is wanted: wait for it
+            return False
+        status = None
     if status in FAILED_UPDATE:
         raise OperationFailed(f"the update of service {spec['Spec']['Name']} did not succeed ({status}: "
                               f"{(spec.get('UpdateStatus') or {}).get('Message', '')}); swarm rolled it back. "
@@ -154,9 +164,11 @@ def _failures_since(client: docker.DockerClient, spec: dict, since: str) -> int:
 
 
 def wait_converged(client: docker.DockerClient, project: Project, names: list[str], timeout: float = 180,
-                   report=lambda message: None) -> None:
+                   report=lambda message: None, wanted: dict[str, str] | None = None) -> None:
     """Wait until each named service of the stack has converged; OperationFailed naming the
-    ones that did not, with their last task error."""
+    ones that did not, with their last task error. `wanted`: each service's definition
+    digest as just deployed."""
+    wanted = wanted or {}
     deadline = time.monotonic() + timeout
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 1))
     waiting = list(names)
@@ -164,7 +176,7 @@ def wait_converged(client: docker.DockerClient, project: Project, names: list[st
         still = []
         for name in waiting:
             spec = service(client, project, name)
-            if spec is None or not converged(client, spec):
+            if spec is None or not converged(client, spec, wanted.get(name)):
                 still.append(name)
                 if spec is not None and _failures_since(client, spec, since) >= FAIL_FAST:
                     raise OperationFailed(f"service {name} keeps failing: {_last_error(client, spec)}; see "

@@ -120,7 +120,7 @@ def tenant_swarm_service(project: Project, tenant: Tenant, image: str, replicas:
         "cap_drop": ["ALL"],
         "networks": {names.network: {"aliases": [names.backend_host, names.slot_host("a"), names.slot_host("b")]}},
         "healthcheck": {"test": HEALTHCHECK, "interval": f"{project.swarm.health_interval}s", "timeout": "5s",
-                        "retries": 3, "start_period": "60s"},
+                        "retries": 3, "start_period": "30s"},
         "stop_grace_period": "25s",
         "labels": {TENANT_LABEL: tenant.name},
         "deploy": {
