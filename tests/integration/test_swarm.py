@@ -11,6 +11,7 @@ This machine's kernel has no IPVS: services are reached by DNS round robin
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -167,6 +168,30 @@ def sw(swarm_engine, registry) -> Swarm:
         remove_swarm_project(swarm_engine, root, name)
 
 
+@contextlib.contextmanager
+def load(sw: Swarm, host: str, limit: int = 2000, pause: float = 0.02):
+    """Requests to one tenant through the proxy for as long as the block runs (bounded: at
+    most `limit`); yields their statuses (0: no answer)."""
+    results: list[int] = []
+    stop = threading.Event()
+
+    def run():
+        while not stop.is_set() and len(results) < limit:
+            try:
+                results.append(sw.get(host, "/").status_code)
+            except requests.RequestException:
+                results.append(0)
+            time.sleep(pause)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        yield results
+    finally:
+        stop.set()
+        worker.join()
+
+
 def test_three_tenants_answer_through_the_proxy_by_host(sw):
     for tenant in TENANTS:
         page = sw.get(f"{tenant}.localhost")
@@ -283,25 +308,9 @@ def test_deploy_under_load_has_no_failed_request_and_rolls_back(sw):
     assert re.fullmatch(r"127\.0\.0\.1:\d+/tkswarm\d+/app@sha256:[0-9a-f]{64}", pushed["pushed"])
     catalog = requests.get(f"http://{pushed['pushed'].split('/')[0]}/v2/_catalog", timeout=5).json()
     assert f"{sw.name}/app" in catalog["repositories"]
-    results: list[int] = []
-    stop = threading.Event()
-
-    def load():  # bounded: at most 2000 requests, and it stops with the deploy
-        while not stop.is_set() and len(results) < 2000:
-            try:
-                results.append(sw.get("acme.localhost", "/").status_code)
-            except requests.RequestException:
-                results.append(0)
-            time.sleep(0.02)
-
-    worker = threading.Thread(target=load)
-    worker.start()
-    try:
+    with load(sw, "acme.localhost") as results:
         outcome = json.loads(sw.ok("deploy", "2", "acme", "--json").out)
-    finally:
         time.sleep(1)
-        stop.set()
-        worker.join()
     assert [o["result"] for o in outcome] == ["ok"]
     assert len(results) > 50 and results.count(200) == len(results), {c: results.count(c) for c in set(results)}
     assert sw.service("tenant-acme")["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == pushed["pushed"]
@@ -322,24 +331,8 @@ def test_a_release_that_fails_its_healthcheck_is_rolled_back_by_swarm_with_no_fa
     finally:
         views.write_text(good)
     before = sw.service("tenant-acme")["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
-    results: list[int] = []
-    stop = threading.Event()
-
-    def load():  # bounded: at most 3000 requests, and it stops with the deploy
-        while not stop.is_set() and len(results) < 3000:
-            try:
-                results.append(sw.get("acme.localhost", "/").status_code)
-            except requests.RequestException:
-                results.append(0)
-            time.sleep(0.03)
-
-    worker = threading.Thread(target=load)
-    worker.start()
-    try:
+    with load(sw, "acme.localhost", limit=3000, pause=0.03) as results:
         run = sw.cli("deploy", "3", "acme", "--json")
-    finally:
-        stop.set()
-        worker.join()
     assert run.code == 1 and json.loads(run.out)[0]["result"] == "failed", run.out + run.err
     assert "rolled it back" in run.out + run.err
     # Swarm put the running release back; the old task served every request meanwhile.
