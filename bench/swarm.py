@@ -34,6 +34,7 @@ import yaml
 
 from common import bench_project, cli, free_port, timed
 from deploy import measured_deploy
+from tests.integration.conftest import remove_stack
 
 
 def registry() -> tuple[subprocess.Popen, str, Path]:
@@ -46,22 +47,6 @@ def registry() -> tuple[subprocess.Popen, str, Path]:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1)
     return process, f"127.0.0.1:{port}", folder
-
-
-def remove_stack(name: str) -> None:
-    client = docker.from_env()
-    subprocess.run(["docker", "stack", "rm", name], capture_output=True)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and (
-            client.api.containers(all=True, filters={"label": f"com.docker.stack.namespace={name}"})
-            or client.api.networks(filters={"label": f"com.docker.stack.namespace={name}"})):
-        time.sleep(0.5)
-    for volume in client.api.volumes(filters={"name": f"{name}_"}).get("Volumes") or []:
-        subprocess.run(["docker", "volume", "rm", "-f", volume["Name"]], capture_output=True)
-    for image in client.images.list():
-        for tag in image.tags:
-            if f"{name}/" in tag:
-                subprocess.run(["docker", "rmi", tag], capture_output=True)
 
 
 def main() -> None:
@@ -94,7 +79,7 @@ def main() -> None:
                 cli(root, "release", "build", "3")
                 single = measured_deploy_one(root, "3", names[0], names, port)
             finally:
-                remove_stack(name)
+                remove_stack(client, name)
     finally:
         process.terminate()
         shutil.rmtree(folder, ignore_errors=True)

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,35 @@ def admin_sql(root: Path, port: int, query: str, dbname: str = "postgres") -> li
             return cur.fetchall()
     finally:
         conn.close()
+
+
+def wait_for(check, timeout: float = 30, every: float = 0.5, shown=lambda: ""):
+    """The first true value of check(), polled every `every` s; AssertionError (with what
+    `shown` says) when there is none within `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s\n{shown()}")
+        time.sleep(every)
+
+
+def remove_stack(client, name: str) -> None:
+    """Take a swarm stack away: `docker stack rm`, waited for, then its volumes and image tags."""
+    subprocess.run(["docker", "stack", "rm", name], capture_output=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and (
+            client.api.containers(all=True, filters={"label": f"com.docker.stack.namespace={name}"})
+            or client.api.networks(filters={"label": f"com.docker.stack.namespace={name}"})):
+        time.sleep(0.5)
+    for volume in client.api.volumes(filters={"name": f"{name}_"}).get("Volumes") or []:
+        subprocess.run(["docker", "volume", "rm", "-f", volume["Name"]], capture_output=True)
+    for image in client.images.list():
+        for tag in image.tags:
+            if tag.startswith(f"{name}/") or f"/{name}/" in tag:
+                subprocess.run(["docker", "rmi", tag], capture_output=True)
 
 
 def free_port() -> int:

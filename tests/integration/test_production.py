@@ -28,7 +28,7 @@ import requests
 import trustme
 
 from tests.conftest import write_project
-from tests.integration.conftest import Stack, admin_sql, free_port, remove_project
+from tests.integration.conftest import Stack, admin_sql, free_port, remove_project, wait_for
 
 PREFIX = f"tkprod{os.getpid()}"
 PROCESS = "python manage.py process_notes --loop --every 0.5"
@@ -309,17 +309,6 @@ def queue(prod, name: str, text: str) -> None:
         response = prod.post(name, "/inbox/", {"text": text})
         code, body = str(response.status_code), response.text
     assert code == "202", body[:300]
-
-
-def wait_for(check, timeout: float = 30, every: float = 0.5, shown=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s\n{shown()}")
-        time.sleep(every)
 
 
 def test_a_process_writes_to_its_own_tenants_database_only(prod):

@@ -28,20 +28,9 @@ import requests
 import yaml
 
 from tests.conftest import REPO, tenant_cli, write_project
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, remove_stack, wait_for
 
 TENANTS = ("acme", "liberty", "zed")
-
-
-def wait_for(check, timeout: float = 60, every: float = 0.5, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(every)
 
 
 def restart_bridge_containers(client: docker.DockerClient) -> None:
@@ -81,7 +70,7 @@ def registry():
     process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/v2/"), 30, what="the registry")
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/v2/"), 30, shown=lambda: "the registry")
         yield f"127.0.0.1:{port}"
     finally:
         process.terminate()
@@ -129,20 +118,9 @@ class Swarm:
 
 
 def remove_swarm_project(client: docker.DockerClient, root: Path, name: str) -> None:
-    subprocess.run(["docker", "stack", "rm", name], capture_output=True)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and (
-            client.api.containers(all=True, filters={"label": f"com.docker.stack.namespace={name}"})
-            or client.api.networks(filters={"label": f"com.docker.stack.namespace={name}"})):
-        time.sleep(0.5)
+    remove_stack(client, name)
     subprocess.run(["docker", "compose", "-f", str(root / "compose" / "compose.yaml"), "down", "-v", "-t", "2"],
                    capture_output=True)
-    for volume in client.api.volumes(filters={"name": f"{name}_"}).get("Volumes") or []:
-        subprocess.run(["docker", "volume", "rm", "-f", volume["Name"]], capture_output=True)
-    for image in client.images.list():
-        for tag in image.tags:
-            if tag.startswith(f"{name}/") or f"/{name}/" in tag:
-                subprocess.run(["docker", "rmi", tag], capture_output=True)
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -296,8 +274,8 @@ def test_replicas_two_serve_from_two_tasks(sw):
 def test_a_killed_task_is_replaced_with_no_command(sw):
     before = sw.containers("tenant-zed")
     sw.client.api.kill(before[0])
-    wait_for(lambda: (ids := sw.containers("tenant-zed")) and ids[0] not in before, 90, what="a new zed task")
-    wait_for(lambda: sw.get("zed.localhost").status_code == 200, 60, what="zed answering")
+    wait_for(lambda: (ids := sw.containers("tenant-zed")) and ids[0] not in before, 90, shown=lambda: "a new zed task")
+    wait_for(lambda: sw.get("zed.localhost").status_code == 200, 60, shown=lambda: "zed answering")
 
 
 def test_deploy_under_load_has_no_failed_request_and_rolls_back(sw):
@@ -366,7 +344,7 @@ def test_data_verbs_on_swarm(sw):
     sw.ok("maintenance", "zed", "on")
     assert sw.get("zed.localhost").status_code == 503
     sw.ok("maintenance", "zed", "off")
-    wait_for(lambda: sw.get("zed.localhost").status_code == 200, 20, what="zed back")
+    wait_for(lambda: sw.get("zed.localhost").status_code == 200, 20, shown=lambda: "zed back")
     sw.ok("down", "zed")
     assert sw.tasks("tenant-zed") == []
     assert sw.get("zed.localhost").status_code == 503
@@ -424,7 +402,7 @@ def test_moving_a_compose_installation_to_swarm_and_back(swarm_engine):
         secrets = {t: (root / "tenants" / t / "secrets.env").read_text() for t in ("north", "south")}
 
         def answers(expect_note: bool = True) -> None:
-            wait_for(lambda: s.get("north.localhost").status_code == 200, 60, what="north")
+            wait_for(lambda: s.get("north.localhost").status_code == 200, 60, shown=lambda: "north")
             assert ("kept" in s.get("north.localhost").text) is expect_note
             assert s.get("south.localhost", "/_content/logo.txt").text == "south's logo"
             for tenant in ("north", "south"):

@@ -7,7 +7,6 @@ the node's docker_gwbridge, never to a published port).
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -112,13 +111,13 @@ def _same_spec(task_spec: dict, template: dict) -> bool:
             == {k: v for k, v in template.items() if k != "Runtime"})
 
 
-def running_tasks(client: docker.DockerClient, spec: dict, current_only: bool = True) -> list[dict]:
-    """The service's tasks that run (healthy: a task with a healthcheck is "starting" until it
-    passes); `current_only`: made from the service's current definition."""
+def running_tasks(spec: dict, listed: list[dict]) -> list[dict]:
+    """Of the service's tasks (`listed`), those that run (healthy: a task with a healthcheck
+    is "starting" until it passes), made from the service's current definition."""
     template = spec["Spec"]["TaskTemplate"]
-    return [task for task in tasks(client, spec)
+    return [task for task in listed
             if task["DesiredState"] == RUNNING and task["Status"]["State"] == RUNNING
-            and (not current_only or _same_spec(task["Spec"], template))]
+            and _same_spec(task["Spec"], template)]
 
 
 def _last_error(client: docker.DockerClient, spec: dict) -> str:
@@ -148,10 +147,11 @@ def converged(client: docker.DockerClient, spec: dict, wanted: str | None = None
     if status == "updating":
         return False
     wanted = desired_replicas(spec)
-    live = running_tasks(client, spec)
+    listed = tasks(client, spec)
+    live = running_tasks(spec, listed)
     if wanted is None:  # global: one per eligible node; at least one
         return bool(live)
-    others = [t for t in tasks(client, spec) if t["DesiredState"] == RUNNING and t not in live]
+    others = [t for t in listed if t["DesiredState"] == RUNNING and t not in live]
     return len(live) == wanted and not others
 
 
@@ -360,7 +360,3 @@ def task_rows(client: docker.DockerClient, spec: dict) -> list[dict]:
                      "container": ((status.get("ContainerStatus") or {}).get("ContainerID") or "")[:12],
                      "error": status.get("Err", "")})
     return sorted(rows, key=lambda row: row["slot"] or 0)
-
-
-def dump_json(data) -> str:
-    return json.dumps(data, sort_keys=True)

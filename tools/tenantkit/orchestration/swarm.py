@@ -132,7 +132,7 @@ def live_replicas(client, project: Project) -> dict[str, int]:
     for name, spec in swarm_act.services(client, project).items():
         tenant = (spec["Spec"].get("Labels") or {}).get(TENANT_LABEL)
         count = swarm_act.desired_replicas(spec)
-        if tenant and name.startswith("tenant-") and count is not None and name == f"tenant-{tenant}":
+        if count is not None and name == f"tenant-{tenant}":  # its web service, not a process
             found[tenant] = count
     return found
 
@@ -215,10 +215,9 @@ def ensure_database(client, project: Project, tenants: list[Tenant] | None = Non
         database.admin_connect(project).close()
         return
     live = swarm_act.service(client, project, "db")
-    if tenants is None and live is not None:
-        tenants_now = None
-    else:
-        tenants_now = tenants if tenants is not None else [t for t in load_tenants(project) if t.enabled]
+    tenants_now = tenants
+    if tenants_now is None and live is None:  # not there yet: on every enabled tenant's network
+        tenants_now = [t for t in load_tenants(project) if t.enabled]
     if tenants_now is not None:
         db_secret(project)
         spec = db_swarm_service(project, [t.names.network for t in tenants_now])

@@ -531,12 +531,12 @@ def status_detail(project: Project, names: Iterable[str] = ()) -> tuple[list[dic
     names = list(names)
     if project.engine == "swarm":
         rows = swarm.status_rows(project, names)
+        by_name = {t.name: t for t in load_tenants(project)}
         for row in rows:
             row["memory"] = row["memory"].to_dict() if row["memory"] else None
             row["memory_mib"] = row["memory"]["used_mib"] if row["memory"] else None
             row.update({"restarts": None, "uptime_seconds": None, "database_bytes": None, "connections": None,
-                        "connection_limit": stack.connection_limit(select(load_tenants(project), [row["name"]],
-                                                                         False)[0]),
+                        "connection_limit": stack.connection_limit(by_name[row["name"]]),
                         "tls": None, "schedule": []})
         return rows, None
     tenants = load_tenants(project)
